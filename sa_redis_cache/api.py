@@ -1,0 +1,179 @@
+"""What users call: :class:`QueryCache`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.cluster import RedisCluster
+from sqlalchemy.engine import Engine
+
+from .config import CacheConfig, normalize_table_name
+from .errors import CacheConfigurationError
+from .keys import database_identity
+from .redis_store import RedisStore
+from .stats import Stats
+from .tables import ALL_TABLES
+from .wiring import EngineWiring
+
+log = logging.getLogger("sa_redis_cache")
+
+DEFAULT_SOCKET_TIMEOUT = 0.25
+"""Seconds ``from_url`` gives Redis to answer: a hung Redis costs a request at most this much once,
+then the circuit breaker keeps it off the request path for ``retry_after`` seconds."""
+
+
+class QueryCache:
+    """A Redis query cache shared by the engines it is installed on.
+
+    :param client: a synchronous ``redis.Redis`` (or ``RedisCluster``). Give it a short
+        ``socket_timeout``; :meth:`from_url` does.
+    :param namespace: prefix of every key (letters, digits, ``_ . -``). Caches with different
+        namespaces share nothing, and :meth:`clear` touches only its own.
+    :param ttl: seconds an entry lives at most; ``redis_cache_ttl`` overrides it per statement.
+    :param uncached_tables: reads that touch one of these tables always go to the database.
+    :param max_entry_bytes: results larger than this once serialized are not stored.
+    :param write_lease: seconds a table stays marked "being written" if a writer dies between its
+        database commit and its Redis bump; while marked, nobody serves or stores it.
+    :param retry_after: seconds Redis stays off the request path after an error.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        *,
+        namespace: str = "sa_redis_cache",
+        ttl: int = 86400,
+        uncached_tables: Iterable[str] = (),
+        max_entry_bytes: int = 1 << 20,
+        write_lease: float = 30.0,
+        retry_after: float = 5.0,
+    ) -> None:
+        if isinstance(client, redis.asyncio.Redis) or not isinstance(
+            client, redis.Redis | RedisCluster
+        ):
+            raise TypeError(
+                "QueryCache needs a synchronous redis.Redis or redis.cluster.RedisCluster client, "
+                f"got {type(client).__qualname__}"
+            )
+        self.config = CacheConfig.build(
+            namespace=namespace,
+            ttl=ttl,
+            uncached_tables=uncached_tables,
+            max_entry_bytes=max_entry_bytes,
+            write_lease=write_lease,
+            retry_after=retry_after,
+        )
+        if _socket_timeout(client) is None:
+            log.warning(
+                "the Redis client has no socket_timeout: a hung Redis would hang every request; "
+                "use QueryCache.from_url or give the client socket_timeout=%s",
+                DEFAULT_SOCKET_TIMEOUT,
+            )
+        self.client = client
+        self._store = RedisStore(client, self.config.retry_after)
+        self._stats = Stats()
+        self._engines: dict[Engine, EngineWiring] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> QueryCache:
+        """A cache on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``) with
+        short timeouts; ``options`` are the constructor's keyword arguments."""
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=DEFAULT_SOCKET_TIMEOUT,
+            socket_connect_timeout=DEFAULT_SOCKET_TIMEOUT,
+            retry=None,
+        )
+        return cls(client, **options)
+
+    @property
+    def namespace(self) -> str:
+        return self.config.namespace
+
+    def install(self, engine: Engine, *, database_id: str | None = None) -> None:
+        """Track every write on ``engine`` and cache the reads of sessions that ask for it.
+
+        Idempotent. ``database_id`` names the database in keys; by default it is derived from the
+        URL (host, port, database; never the password). Give it explicitly when processes reach one
+        database through different host names.
+        """
+        if not isinstance(engine, Engine):
+            raise TypeError(f"install() needs a sqlalchemy Engine, got {type(engine).__qualname__}")
+        if database_id is not None and (not isinstance(database_id, str) or not database_id):
+            raise CacheConfigurationError("database_id must be a non-empty string")
+        with self._lock:
+            if engine in self._engines:
+                return
+            wiring = EngineWiring(
+                engine,
+                self._store,
+                self.config,
+                self._stats,
+                database_id or database_identity(engine.url),
+            )
+            wiring.install()
+            self._engines[engine] = wiring
+
+    def uninstall(self, engine: Engine) -> None:
+        """Undo :meth:`install`; a no-op for an engine it was not installed on."""
+        with self._lock:
+            wiring = self._engines.pop(engine, None)
+        if wiring is not None:
+            wiring.uninstall()
+
+    def invalidate(self, *tables: str, engine: Engine | None = None) -> None:
+        """Make every entry that read one of ``tables`` dead (all entries if none are given), for
+        ``engine``'s database or for every engine the cache is installed on.
+
+        For writes the cache cannot see: triggers, other applications, manual SQL.
+        """
+        names = frozenset(normalize_table_name(t) for t in tables) or frozenset({ALL_TABLES})
+        with self._lock:
+            wirings = [self._engines[engine]] if engine in self._engines else []
+            if engine is None:
+                wirings = list(self._engines.values())
+        if not wirings:
+            raise CacheConfigurationError("invalidate() needs an engine the cache is installed on")
+        for wiring in wirings:
+            wiring.invalidator.publish(names)
+
+    def clear(self) -> int:
+        """Delete every key of this namespace (never FLUSHDB). Returns how many were deleted.
+
+        Uses SCAN: an operations tool, not something to call per request.
+        """
+        deleted = 0
+        batch: list[Any] = []
+        for key in self.client.scan_iter(match=_glob_escape(self.config.namespace), count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += int(self.client.unlink(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(self.client.unlink(*batch))
+        return deleted
+
+    def stats(self) -> dict[str, int]:
+        """Counts since start-up: hits, misses, stores, bypasses, invalidations, errors."""
+        return self._stats.snapshot()
+
+
+def _socket_timeout(client: redis.Redis | RedisCluster) -> float | None:
+    if isinstance(client, RedisCluster):
+        kwargs: dict[str, Any] = getattr(client, "nodes_manager").connection_kwargs  # noqa: B009
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+    timeout = kwargs.get("socket_timeout")
+    return float(timeout) if timeout is not None else None
+
+
+def _glob_escape(namespace: str) -> str:
+    """SCAN pattern matching exactly the keys ``{namespace}:...``."""
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in namespace)
+    return "{" + escaped + "}:*"

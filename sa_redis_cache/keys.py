@@ -1,0 +1,79 @@
+"""Key building: every Redis key this library touches, and the database identity inside them.
+
+All keys of a namespace share the hash tag ``{namespace}`` so that each Lua script's keys live in
+one Redis Cluster slot. Entry keys hash everything that changes a result: the format version, the
+namespace, the database, the driver (drivers differ in the raw values they return), the SQL and its
+bound parameters. Version keys name the database and the table only: a write made through any driver
+or app must reach every reader of that table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from sqlalchemy.engine import URL
+
+from .serialization import FORMAT_VERSION
+from .tables import ALL_TABLES
+
+_DEFAULT_PORTS = {"mysql": 3306, "mariadb": 3306, "postgresql": 5432}
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
+
+
+def database_identity(url: URL) -> str:
+    """A short, password-free name for the database ``url`` points at.
+
+    ``localhost`` and ``127.0.0.1`` are one server; an absent port is the backend's default. Two
+    URLs that reach one database by other names (a DNS alias, say) must be given one identity
+    explicitly with ``install(engine, database_id=...)``, or writes through one would not
+    invalidate reads through the other.
+    """
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file::memory:"):
+            # a private in-memory database: nothing outside this process can share it
+            return f"sqlite-memory-{os.getpid()}-{os.urandom(4).hex()}"
+        return f"sqlite:{os.path.realpath(database)}"
+    host = (url.host or "localhost").lower()
+    if host in _LOOPBACK_NAMES:
+        host = "127.0.0.1"
+    port = url.port or _DEFAULT_PORTS.get(backend, 0)
+    return f"{backend}://{host}:{port}/{url.database or ''}"
+
+
+class KeyBuilder:
+    """Key names for one (namespace, database) pair."""
+
+    def __init__(self, namespace: str, database_id: str, driver: str) -> None:
+        prefix = "{" + namespace + "}:"
+        self._prefix = prefix
+        self._db = hashlib.blake2b(database_id.encode(), digest_size=6).hexdigest()
+        self._entry_salt = f"{FORMAT_VERSION}\0{namespace}\0{database_id}\0{driver}\0".encode()
+        self.clock = prefix + "clock"
+        """Hash with the namespace's epoch (``e``) and write counter (``n``)."""
+        self.pattern = prefix + "*"
+        """Matches every key of the namespace (used by ``clear()`` only, never per request)."""
+
+    def entry(self, sql: str, parameters: bytes) -> tuple[str, bytes]:
+        """The entry key for a statement and its encoded parameters, and the digest inside it."""
+        digest = hashlib.blake2b(self._entry_salt, digest_size=20)
+        digest.update(sql.encode())
+        digest.update(b"\0")
+        digest.update(parameters)
+        raw = digest.digest()
+        return f"{self._prefix}e:{raw.hex()}", raw
+
+    def version(self, table: str) -> str:
+        """Holds the counter value of the table's last write."""
+        return f"{self._prefix}v:{self._db}:{table}"
+
+    def writing(self, table: str) -> str:
+        """Sorted set of writers between their pre-commit announcement and their bump.
+
+        The all-tables marker is namespace-wide, like the epoch that invalidates all tables.
+        """
+        if table == ALL_TABLES:
+            return f"{self._prefix}w:*"
+        return f"{self._prefix}w:{self._db}:{table}"

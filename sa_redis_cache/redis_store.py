@@ -1,0 +1,233 @@
+"""The Redis side: three Lua scripts (lookup, store, bump) and a circuit breaker around them.
+
+Why Lua: a hit must cost one round trip, and the checks that make a store or a bump safe (is the
+epoch still the same? are the versions still those read before the SQL ran? is a writer between its
+database commit and its bump?) must happen atomically with the write they guard.
+
+Data model, per namespace (every key has a TTL):
+
+- ``clock``: hash ``{e: epoch, n: counter}``. Every bump takes the next counter value; the epoch is
+  a random token chosen when the hash is created, so if Redis loses it (restart, eviction, FLUSHALL)
+  every older entry dies with it, and a restarted counter can never make one look fresh.
+- ``v:<db>:<table>``: the counter value of the table's last bump. A missing one is recreated
+  from the counter, which is always newer than anything an entry recorded.
+- ``w:<db>:<table>``: sorted set of writers (scored by lease deadline) that announced a commit
+  and have not bumped yet. While one is alive, readers neither serve nor store that table.
+- ``e:<digest>``: an entry (see serialization.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, Final, NamedTuple
+
+import redis
+from redis.cluster import RedisCluster
+
+log = logging.getLogger("sa_redis_cache")
+
+_ENSURE_CLOCK: Final = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', epoch, 'n', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+"""
+
+_WRITER_ALIVE: Final = """
+local now
+local function writer_alive(key)
+  if redis.call('EXISTS', key) == 0 then return false end
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return redis.call('ZCOUNT', key, now, '+inf') > 0
+end
+"""
+
+# KEYS: clock, entry, n version keys, n + 1 writing markers (the last: all tables)
+# ARGV: epoch for a new clock, ttl (ms) of keys created here, n
+# -> {epoch, counter, writer alive (0/1), entry or nil, version 1, ..., version n}
+LOOKUP_LUA: Final = (
+    _ENSURE_CLOCK
+    + _WRITER_ALIVE
+    + """
+local n = tonumber(ARGV[3])
+local reply = {epoch, 0, 0, redis.call('GET', KEYS[2])}
+for i = 1, n do
+  local v = redis.call('GET', KEYS[2 + i])
+  if not v then
+    v = redis.call('HINCRBY', KEYS[1], 'n', 1)
+    redis.call('SET', KEYS[2 + i], v, 'PX', ARGV[2])
+  end
+  reply[4 + i] = tonumber(v)
+end
+for i = n + 3, #KEYS do
+  if writer_alive(KEYS[i]) then reply[3] = 1 end
+end
+reply[2] = tonumber(redis.call('HGET', KEYS[1], 'n'))
+return reply
+"""
+)
+
+# KEYS: as LOOKUP
+# ARGV: epoch, entry ttl (ms), n, entry bytes, version 1, ..., version n
+# -> 1 if stored, 0 if anything it depends on moved since the lookup
+STORE_LUA: Final = (
+    _WRITER_ALIVE
+    + """
+local n = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[2])
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
+for i = 1, n do
+  if redis.call('GET', KEYS[2 + i]) ~= ARGV[4 + i] then return 0 end
+end
+for i = n + 3, #KEYS do
+  if writer_alive(KEYS[i]) then return 0 end
+end
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
+-- what the entry depends on must not expire before it (an early expiry is safe, only wasteful)
+for i = 1, n do
+  if redis.call('PTTL', KEYS[2 + i]) < ttl then redis.call('PEXPIRE', KEYS[2 + i], ttl) end
+end
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+)
+
+# KEYS: clock, n version keys, m writing markers
+# ARGV: epoch for a new clock, ttl (ms), n, mode ('announce' | 'finish' | 'publish'),
+#       writer token, lease (ms), new epoch ('' unless every table is invalidated)
+# -> the counter value given to the tables
+BUMP_LUA: Final = (
+    _ENSURE_CLOCK
+    + """
+local n = tonumber(ARGV[3])
+local mode = ARGV[4]
+local c = redis.call('HINCRBY', KEYS[1], 'n', 1)
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[7]) end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+for i = 1, n do
+  redis.call('SET', KEYS[1 + i], c, 'PX', ARGV[2])
+end
+if mode ~= 'publish' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local lease = tonumber(ARGV[6])
+  for i = n + 2, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    if mode == 'announce' then
+      redis.call('ZADD', KEYS[i], now + lease, ARGV[5])
+      if redis.call('PTTL', KEYS[i]) < lease then redis.call('PEXPIRE', KEYS[i], lease) end
+    else
+      redis.call('ZREM', KEYS[i], ARGV[5])
+    end
+  end
+end
+return c
+"""
+)
+
+
+class LookupReply(NamedTuple):
+    epoch: str
+    clock: int
+    writer_alive: bool
+    entry: bytes | None
+    versions: tuple[int, ...]
+
+
+class CircuitBreaker:
+    """After a Redis error, keep Redis off the request path for ``retry_after`` seconds.
+
+    One failed call costs at most the client's timeout; the calls after it cost nothing until the
+    breaker lets one through again.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        self._retry_after = retry_after
+        self._open_until = 0.0
+
+    def allows(self) -> bool:
+        return time.monotonic() >= self._open_until
+
+    def trip(self) -> None:
+        self._open_until = time.monotonic() + self._retry_after
+
+
+class RedisUnavailable(Exception):
+    """Redis failed or the circuit breaker is open: the caller falls back to the database."""
+
+
+class CircuitOpen(RedisUnavailable):
+    """Redis was not even asked: it failed recently (no new error to count)."""
+
+
+def new_epoch() -> str:
+    return os.urandom(8).hex()
+
+
+class RedisStore:
+    """Runs the scripts; turns every Redis failure into :class:`RedisUnavailable`."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, retry_after: float) -> None:
+        self.client = client
+        self.breaker = CircuitBreaker(retry_after)
+        self._lookup = client.register_script(LOOKUP_LUA)
+        self._store = client.register_script(STORE_LUA)
+        self._bump = client.register_script(BUMP_LUA)
+
+    def lookup(
+        self, clock: str, entry: str, versions: Sequence[str], writing: Sequence[str], ttl_ms: int
+    ) -> LookupReply:
+        keys = [clock, entry, *versions, *writing]
+        raw = self._call(self._lookup, keys, [new_epoch(), ttl_ms, len(versions)])
+        epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
+        return LookupReply(epoch, int(raw[1]), bool(raw[2]), raw[3], tuple(raw[4:]))
+
+    def store(
+        self,
+        clock: str,
+        entry: str,
+        versions: Sequence[str],
+        writing: Sequence[str],
+        *,
+        epoch: str,
+        version_values: Sequence[int],
+        payload: bytes,
+        ttl_ms: int,
+    ) -> bool:
+        keys = [clock, entry, *versions, *writing]
+        args = [epoch, ttl_ms, len(versions), payload, *version_values]
+        return bool(self._call(self._store, keys, args))
+
+    def bump(
+        self,
+        clock: str,
+        versions: Sequence[str],
+        writing: Sequence[str],
+        *,
+        mode: str,
+        token: str,
+        lease_ms: int,
+        ttl_ms: int,
+        all_tables: bool,
+    ) -> int:
+        keys = [clock, *versions, *writing]
+        args = [new_epoch(), ttl_ms, len(versions), mode, token, lease_ms]
+        args.append(new_epoch() if all_tables else "")
+        return int(self._call(self._bump, keys, args))
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if not self.breaker.allows():
+            raise CircuitOpen("circuit open after a recent Redis error")
+        try:
+            return script(keys=keys, args=args)
+        except redis.RedisError as exc:
+            self.breaker.trip()
+            raise RedisUnavailable(str(exc)) from exc

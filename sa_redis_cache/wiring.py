@@ -1,0 +1,201 @@
+"""SQLAlchemy wiring: every event this library listens to, connected in one place.
+
+Statements are seen at the DBAPI boundary (``do_execute`` and friends): after every
+``before_cursor_execute`` rewrite, with the exact SQL and parameters the database would receive, for
+ORM, Core and text SQL alike, including the loader statements an ORM result runs while it is
+consumed. A hit puts a cursor holding cached rows in place of the real one and skips the DBAPI call,
+so the ORM (autoflush before the query, identity map, eager loading, type processing) behaves as if
+the database had answered.
+
+Transactions are followed with the Core connection events (begin, savepoints, commit, rollback).
+The commit event fires *before* the database commit; the bump that must follow it is made by a
+wrapper around this engine's ``dialect.do_commit``, the only hook that runs after the commit and
+before ``commit()`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.default import DefaultExecutionContext
+
+from .cascades import CascadeMap
+from .config import CacheConfig
+from .invalidation import Invalidator
+from .keys import KeyBuilder
+from .reads import PENDING_STORE_ATTR, ReadPath, caching_enabled
+from .redis_store import RedisStore
+from .stats import Stats
+from .tables import StatementKind, StatementPlan, TableDetector
+from .write_tracking import reset_transaction_state, transaction_state
+
+log = logging.getLogger("sa_redis_cache")
+
+_PUBLISH_ATTR: Final = "_sa_redis_cache_publish"
+# Dialects on which INSERT/UPDATE/DELETE do not take the transaction's read snapshot (InnoDB takes
+# it at the first consistent read; SQLite at the first read).
+_SNAPSHOT_AT_FIRST_READ: Final = frozenset({"mysql", "mariadb", "sqlite"})
+
+
+class EngineWiring:
+    """The cache as installed on one engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: RedisStore,
+        config: CacheConfig,
+        stats: Stats,
+        database_id: str,
+    ) -> None:
+        dialect = engine.dialect
+        self.engine = engine
+        default_schema = engine.url.database if dialect.name in ("mysql", "mariadb") else None
+        self.detector = TableDetector(dialect.name, default_schema)
+        self.keys = KeyBuilder(config.namespace, database_id, f"{dialect.name}+{dialect.driver}")
+        self.invalidator = Invalidator(store, self.keys, config, stats)
+        self.reads = ReadPath(store, self.keys, self.invalidator, config, stats)
+        self.cascades = CascadeMap(dialect.name, self.detector.table_name)
+        self._dml_takes_snapshot = dialect.name not in _SNAPSHOT_AT_FIRST_READ
+        self._committing: dict[int, tuple[frozenset[str], str | None]] = {}
+        self._original_do_commit: Callable[[Any], None] | None = None
+        self._do_commit_was_overridden = False
+        self._listeners: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
+            ("do_execute", self._on_execute, {"insert": True}),
+            ("do_execute_no_params", self._on_execute_no_params, {"insert": True}),
+            ("do_executemany", self._on_execute, {"insert": True}),
+            ("after_cursor_execute", self._after_execute, {}),
+            ("begin", self._on_begin, {}),
+            ("savepoint", self._on_savepoint, {}),
+            ("release_savepoint", self._on_release_savepoint, {}),
+            ("rollback_savepoint", self._on_rollback_savepoint, {}),
+            ("commit", self._on_commit, {}),
+            ("rollback", self._on_rollback, {}),
+        ]
+
+    def install(self) -> None:
+        for name, fn, kw in self._listeners:
+            event.listen(self.engine, name, fn, **kw)
+        dialect = self.engine.dialect
+        self._do_commit_was_overridden = "do_commit" in vars(dialect)
+        self._original_do_commit = dialect.do_commit
+        dialect.do_commit = self._do_commit  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        for name, fn, _ in self._listeners:
+            event.remove(self.engine, name, fn)
+        dialect = self.engine.dialect
+        if self._do_commit_was_overridden:
+            dialect.do_commit = self._original_do_commit  # type: ignore[method-assign,assignment]
+        else:
+            del dialect.do_commit  # the dialect class's own method shows through again
+        self._original_do_commit = None
+
+    # -- statements ----------------------------------------------------------------------------
+
+    def _on_execute_no_params(
+        self, cursor: Any, statement: str, context: DefaultExecutionContext
+    ) -> bool:
+        return self._on_execute(cursor, statement, (), context)
+
+    def _on_execute(
+        self, cursor: Any, statement: str, parameters: Any, context: DefaultExecutionContext
+    ) -> bool:
+        """Returns True when a hit has been served (the DBAPI call is then skipped)."""
+        connection = context.root_connection
+        state = transaction_state(connection.info)
+        plan = self._plan(context, statement)
+        if plan.kind is StatementKind.READ:
+            if not caching_enabled(context) or context.executemany:
+                state.note_uncached_statement()
+                return False
+            cached = self.reads.serve(context, statement, parameters, plan, state)
+            if cached is None:
+                return False
+            context.cursor = cached  # type: ignore[assignment]
+            cursor.close()
+            return True
+        if plan.kind is StatementKind.OTHER:
+            return False
+        state.record_writes(plan.tables)
+        if self._dml_takes_snapshot or plan.kind is StatementKind.DDL:
+            state.note_uncached_statement()
+        if plan.kind is StatementKind.DDL or connection._is_autocommit_isolation():
+            # DDL commits implicitly on MySQL; autocommit writes are committed already
+            setattr(context, _PUBLISH_ATTR, plan)
+        return False
+
+    def _plan(self, context: DefaultExecutionContext, statement: str) -> StatementPlan:
+        compiled = context.compiled
+        if compiled is not None and context.isinsert:
+            # INSERT ... VALUES batches can be huge: name the target without parsing
+            table = getattr(compiled.statement, "table")  # noqa: B009 (an Insert; untyped here)
+            name = self.detector.table_name(table.name, table.schema)
+            return StatementPlan(StatementKind.WRITE, frozenset({name}))
+        plan = self.detector.plan(statement)
+        if context.isddl and plan.kind is not StatementKind.DDL:
+            return StatementPlan(StatementKind.DDL, plan.tables or frozenset({"*"}))
+        return plan
+
+    def _after_execute(
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: DefaultExecutionContext,
+        executemany: bool,
+    ) -> None:
+        pending = context.__dict__.pop(PENDING_STORE_ATTR, None)
+        if pending is not None:
+            self.reads.store_after_execute(context, pending)
+        plan = context.__dict__.pop(_PUBLISH_ATTR, None)
+        if plan is not None:
+            if plan.kind is StatementKind.DDL:
+                self.cascades.forget()
+            state = transaction_state(conn.info)
+            tables = frozenset(state.written()) | plan.tables
+            self.invalidator.publish(self.cascades.expand(tables, conn.connection.dbapi_connection))
+
+    # -- transactions --------------------------------------------------------------------------
+
+    def _on_begin(self, conn: Connection) -> None:
+        reset_transaction_state(conn.info)
+
+    def _on_savepoint(self, conn: Connection, name: str) -> None:
+        transaction_state(conn.info).savepoint(name)
+
+    def _on_release_savepoint(self, conn: Connection, name: str, context: Any) -> None:
+        transaction_state(conn.info).release_savepoint(name)
+
+    def _on_rollback_savepoint(self, conn: Connection, name: str, context: Any) -> None:
+        transaction_state(conn.info).rollback_savepoint(name)
+
+    def _on_commit(self, conn: Connection) -> None:
+        """Before the database commit: announce what this transaction wrote."""
+        written = frozenset(transaction_state(conn.info).written())
+        reset_transaction_state(conn.info)
+        if not written:
+            return
+        tables = self.cascades.expand(written, conn.connection.dbapi_connection)
+        self._committing[id(conn.connection)] = (tables, self.invalidator.announce(tables))
+
+    def _do_commit(self, dbapi_connection: Any) -> None:
+        """The database commit, then the bump, both before ``commit()`` returns."""
+        pending = self._committing.pop(id(dbapi_connection), None)
+        assert self._original_do_commit is not None
+        try:
+            self._original_do_commit(dbapi_connection)
+        finally:
+            if pending is not None:
+                self.invalidator.finish(*pending)
+
+    def _on_rollback(self, conn: Connection) -> None:
+        reset_transaction_state(conn.info)
+        pending = self._committing.pop(id(conn.connection), None)
+        if pending is not None:  # a commit that never reached the database: lift the mark
+            self.invalidator.finish(*pending)
