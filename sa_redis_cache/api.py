@@ -96,6 +96,12 @@ class QueryCache:
     def namespace(self) -> str:
         return self.config.namespace
 
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """The engines the cache is installed on."""
+        with self._lock:
+            return tuple(self._engines)
+
     def install(self, engine: Engine, *, database_id: str | None = None) -> None:
         """Track every write on ``engine`` and cache the reads of sessions that ask for it.
 

@@ -84,7 +84,7 @@ class ReadPath:
             except (TypeError, ValueError, OverflowError) as exc:
                 reason = f"parameters cannot be encoded ({exc})"
         if reason is not None:
-            state.note_uncached_statement()
+            self.capture_snapshot(state)
             self._stats.count("bypasses")
             log.debug("not cached (%s): %.200s", reason, statement)
             return None
@@ -130,6 +130,16 @@ class ReadPath:
             PendingStore(entry_key, digest, table_keys, reply.epoch, reply.versions, ttl_ms),
         )
         return None
+
+    def capture_snapshot(self, state: TransactionState) -> None:
+        """A read is about to reach the database without a lookup: if it may take the
+        transaction's snapshot, read the write counter first so later reads can still be cached."""
+        if state.snapshot_clock is not None or state.snapshot_unknown:
+            return
+        try:
+            state.snapshot_clock = self._store.clock(self._keys.clock)
+        except RedisUnavailable:
+            state.note_uncached_statement()
 
     def store_after_execute(self, context: DefaultExecutionContext, pending: PendingStore) -> None:
         """Read the rows off the real cursor, hand SQLAlchemy a buffered copy, store them."""

@@ -10,7 +10,7 @@ Data model, per namespace (every key has a TTL):
   a random token chosen when the hash is created, so if Redis loses it (restart, eviction, FLUSHALL)
   every older entry dies with it, and a restarted counter can never make one look fresh.
 - ``v:<db>:<table>``: the counter value of the table's last bump. A missing one is recreated
-  from the counter, which is always newer than anything an entry recorded.
+  from the current counter: no write can have happened after that value was handed out.
 - ``w:<db>:<table>``: sorted set of writers (scored by lease deadline) that announced a commit
   and have not bumped yet. While one is alive, readers neither serve nor store that table.
 - ``e:<digest>``: an entry (see serialization.py).
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
 import redis
@@ -62,7 +62,9 @@ local reply = {epoch, 0, 0, redis.call('GET', KEYS[2])}
 for i = 1, n do
   local v = redis.call('GET', KEYS[2 + i])
   if not v then
-    v = redis.call('HINCRBY', KEYS[1], 'n', 1)
+    -- unknown history: the current counter is safe (every write bumps to a newer value, so no
+    -- entry recorded this value for this table unless it was computed after the table's last write)
+    v = redis.call('HGET', KEYS[1], 'n')
     redis.call('SET', KEYS[2 + i], v, 'PX', ARGV[2])
   end
   reply[4 + i] = tonumber(v)
@@ -190,6 +192,11 @@ class RedisStore:
         epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
         return LookupReply(epoch, int(raw[1]), bool(raw[2]), raw[3], tuple(raw[4:]))
 
+    def clock(self, clock: str) -> int:
+        """The current write counter (0 if the clock does not exist yet)."""
+        value = self._call_command(lambda: self.client.hget(clock, "n"))
+        return int(value or 0)
+
     def store(
         self,
         clock: str,
@@ -224,10 +231,13 @@ class RedisStore:
         return int(self._call(self._bump, keys, args))
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return self._call_command(lambda: script(keys=keys, args=args))
+
+    def _call_command(self, command: Callable[[], Any]) -> Any:
         if not self.breaker.allows():
             raise CircuitOpen("circuit open after a recent Redis error")
         try:
-            return script(keys=keys, args=args)
+            return command()
         except redis.RedisError as exc:
             self.breaker.trip()
             raise RedisUnavailable(str(exc)) from exc

@@ -65,9 +65,11 @@ class EngineWiring:
         self._original_do_commit: Callable[[Any], None] | None = None
         self._do_commit_was_overridden = False
         self._listeners: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
-            ("do_execute", self._on_execute, {"insert": True}),
-            ("do_execute_no_params", self._on_execute_no_params, {"insert": True}),
-            ("do_executemany", self._on_execute, {"insert": True}),
+            # SQLAlchemy ignores insert=True for dialect events: do_execute listeners registered
+            # before install() run before ours and so also see the statements served from cache
+            ("do_execute", self._on_execute, {}),
+            ("do_execute_no_params", self._on_execute_no_params, {}),
+            ("do_executemany", self._on_execute, {}),
             ("after_cursor_execute", self._after_execute, {}),
             ("begin", self._on_begin, {}),
             ("savepoint", self._on_savepoint, {}),
@@ -111,7 +113,10 @@ class EngineWiring:
         plan = self._plan(context, statement)
         if plan.kind is StatementKind.READ:
             if not caching_enabled(context) or context.executemany:
-                state.note_uncached_statement()
+                if context.execution_options.get("redis_cache"):
+                    self.reads.capture_snapshot(state)  # a caching session's uncached statement
+                else:
+                    state.note_uncached_statement()
                 return False
             cached = self.reads.serve(context, statement, parameters, plan, state)
             if cached is None:

@@ -1,0 +1,35 @@
+# Everything sets itself up: a virtualenv in .venv with the project installed from its own files.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo serve test lint
+
+$(VENV)/.demo-installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[demo]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml
+	scripts/install-system-deps.sh
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[demo,dev]'
+	touch $@ $(VENV)/.demo-installed
+
+## demo: the scripted walkthrough on the embedded defaults (SQLite file + in-process Redis)
+demo: $(VENV)/.demo-installed
+	$(PY) -m example_app.walkthrough
+
+## serve: the API for a browser at http://127.0.0.1:8000/docs
+serve: $(VENV)/.demo-installed
+	$(PY) -m example_app.serve
+
+## test: the whole suite (needs MariaDB on 127.0.0.1:3306 and Redis on 127.0.0.1:6379)
+test: $(VENV)/.dev-installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy

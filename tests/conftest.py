@@ -1,0 +1,161 @@
+"""Fixtures: the real MariaDB and Redis (failing, never skipping, under CI), SQLite where the
+behaviour does not depend on the database, and a counter of statements that reached the database."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from sa_redis_cache import CachingQuery, QueryCache
+from sa_redis_cache.testing import service_missing
+from tests.models import Base, Badge, Department, Employee, Level, Manager, Project
+
+MYSQL_URL = os.environ.get("SA_REDIS_CACHE_TEST_MYSQL_URL", "mysql+mysqldb://root@127.0.0.1:3306/")
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> Iterator[URL]:
+    """A database of our own on the shared MariaDB, created afresh for the session."""
+    name = f"sa_redis_cache_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    admin = create_engine(MYSQL_URL)
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+    except OperationalError as exc:
+        service_missing(f"MariaDB at {MYSQL_URL}", exc)
+    yield make_url(MYSQL_URL).set(database=name)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mysql_engine(mysql_url: URL) -> Iterator[Engine]:
+    engine = create_engine(mysql_url)
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def _empty_tables(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+def sqlite_engine_at(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}")
+
+    @event.listens_for(engine, "connect")
+    def _foreign_keys(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+    return engine
+
+
+@pytest.fixture(params=["mariadb", "sqlite"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The database under test: MariaDB, and SQLite for behaviour that does not depend on it."""
+    if request.param == "mariadb":
+        mysql: Engine = request.getfixturevalue("mysql_engine")
+        _empty_tables(mysql)
+        yield mysql
+        return
+    sqlite = sqlite_engine_at(tmp_path / "test.db")
+    Base.metadata.create_all(sqlite)
+    yield sqlite
+    sqlite.dispose()
+
+
+@pytest.fixture
+def mariadb(mysql_engine: Engine) -> Engine:
+    """MariaDB only: for behaviour that depends on it (isolation levels, cascades, DDL)."""
+    _empty_tables(mysql_engine)
+    return mysql_engine
+
+
+def caching_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """What the README tells users to write."""
+    return sessionmaker(engine, query_cls=CachingQuery, execution_options={"redis_cache": True})
+
+
+@pytest.fixture
+def cached(engine: Engine, query_cache: QueryCache) -> sessionmaker[Session]:
+    query_cache.install(engine)
+    return caching_sessionmaker(engine)
+
+
+class DatabaseReads:
+    """Counts SELECTs that reached the database: cache hits never do."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.statements: list[str] = []
+        event.listen(engine, "do_execute", self._execute)
+        event.listen(engine, "do_execute_no_params", self._execute_no_params)
+
+    def _execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH", "(")):
+            self.statements.append(statement)
+        return False
+
+    def _execute_no_params(self, cursor: Any, statement: str, context: Any) -> bool:
+        return self._execute(cursor, statement, (), context)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    def reset(self) -> None:
+        self.statements.clear()
+
+    def close(self) -> None:
+        event.remove(self.engine, "do_execute", self._execute)
+        event.remove(self.engine, "do_execute_no_params", self._execute_no_params)
+
+
+@pytest.fixture
+def db_reads(engine: Engine, cached: sessionmaker[Session]) -> Iterator[DatabaseReads]:
+    counter = DatabaseReads(engine)
+    yield counter
+    counter.close()
+
+
+HIRED = datetime.datetime(2021, 3, 4, 5, 6, 7, 890000)
+
+
+@pytest.fixture
+def seeded(engine: Engine) -> None:
+    """Two departments, three employees with every value type, projects, badges, a manager."""
+    with Session(engine) as session:
+        sales = Department(id=1, name="sales")
+        ops = Department(id=2, name="ops")
+        apollo = Project(id=1, title="apollo")
+        ann = Employee(
+            id=1,
+            name="ann",
+            department=sales,
+            salary=Decimal("1234.50"),
+            hired_at=HIRED,
+            birthday=datetime.date(1990, 1, 2),
+            photo=b"\x00\xffbytes",
+            level=Level.senior,
+            extra={"k": [1, 2, {"n": None}]},
+            projects=[apollo],
+            badges=[Badge(id=1, label="gold")],
+        )
+        bob = Employee(id=2, name="bob", department=sales, projects=[apollo])
+        cid = Employee(id=3, name="cid", department=ops, level=Level.junior)
+        session.add_all([sales, ops, ann, bob, cid, Manager(id=1, name="meg", budget=10)])
+        session.commit()

@@ -1,0 +1,312 @@
+"""Reads: every kind of ORM read is served from the cache, and a hit is indistinguishable from a
+database read (rows, Python types, identity map, autoflush)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import exists, func, literal_column, select, text
+from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker, subqueryload
+
+from sa_redis_cache import QueryCache
+from tests.conftest import DatabaseReads, caching_sessionmaker
+from tests.models import Department, Employee, Manager, Person, Project
+
+pytestmark = pytest.mark.usefixtures("seeded")
+
+Read = Callable[[Session], Any]
+
+
+def snapshot(value: Any) -> Any:
+    """A plain-data picture of what a read returned, ORM objects included."""
+    if isinstance(value, list | tuple):
+        return [snapshot(v) for v in value]
+    if hasattr(value, "__table__"):
+        return {c.key: getattr(value, c.key) for c in value.__mapper__.column_attrs}
+    if hasattr(value, "_mapping"):
+        return snapshot(tuple(value))
+    return value
+
+
+READS: dict[str, Read] = {
+    "select entities": lambda s: s.scalars(select(Employee).order_by(Employee.id)).all(),
+    "select columns": lambda s: s.execute(select(Employee.name, Employee.salary)).all(),
+    "session.get": lambda s: s.get(Employee, 1),
+    "query.all": lambda s: s.query(Employee).order_by(Employee.id).all(),
+    "query.first": lambda s: s.query(Employee).filter(Employee.name == "bob").first(),
+    "query.one": lambda s: s.query(Department).filter_by(name="ops").one(),
+    "query.count": lambda s: s.query(Employee).count(),
+    "aggregate": lambda s: s.execute(
+        select(Employee.department_id, func.count(), func.max(Employee.salary))
+        .group_by(Employee.department_id)
+        .order_by(Employee.department_id)
+    ).all(),
+    "join": lambda s: s.execute(
+        select(Employee, Department).join(Employee.department).order_by(Employee.id)
+    ).all(),
+    "subquery": lambda s: s.scalars(
+        select(Employee).where(
+            Employee.department_id.in_(select(Department.id).where(Department.name == "sales"))
+        )
+    ).all(),
+    "cte": lambda s: s.execute(
+        select(Department.name).join(
+            cte := select(Employee.department_id).distinct().cte(),
+            cte.c.department_id == Department.id,
+        )
+    ).all(),
+    "exists": lambda s: s.scalar(select(exists().where(Employee.name == "ann"))),
+    "column_property": lambda s: [
+        (d.name, d.employee_count) for d in s.scalars(select(Department).order_by(Department.id))
+    ],
+    "joined inheritance": lambda s: s.scalars(select(Person).order_by(Person.id)).all(),
+    "joined inheritance subclass": lambda s: s.scalars(select(Manager)).all(),
+    "lazy load": lambda s: [p.title for p in s.get(Employee, 1).projects],
+    "many-to-many": lambda s: [e.name for e in s.get(Project, 1).members],
+    "selectinload": lambda s: [
+        (d.name, sorted(e.name for e in d.employees))
+        for d in s.scalars(select(Department).options(selectinload(Department.employees)))
+    ],
+    "joinedload": lambda s: [
+        (e.name, e.department.name)
+        for e in s.scalars(select(Employee).options(joinedload(Employee.department)))
+    ],
+    "subqueryload": lambda s: [
+        (d.name, len(d.employees))
+        for d in s.query(Department).options(subqueryload(Department.employees))
+    ],
+    "text": lambda s: s.execute(text("SELECT name FROM employee ORDER BY id")).all(),
+}
+
+
+@pytest.mark.parametrize("name", READS)
+def test_second_read_is_served_from_cache_with_identical_result(
+    name: str, cached: sessionmaker[Session], db_reads: DatabaseReads, query_cache: QueryCache
+) -> None:
+    read = READS[name]
+    with cached() as session:
+        first = snapshot(read(session))
+    assert db_reads.count > 0
+    stores = query_cache.stats()["stores"]
+    assert stores > 0
+
+    db_reads.reset()
+    with cached() as session:
+        second = snapshot(read(session))
+    assert second == first
+    assert db_reads.count == 0, db_reads.statements
+    assert query_cache.stats()["hits"] >= 1
+
+
+def test_hit_returns_same_python_types(
+    cached: sessionmaker[Session], db_reads: DatabaseReads
+) -> None:
+    def read() -> tuple[Any, ...]:
+        with cached() as session:
+            ann = session.get(Employee, 1)
+            assert ann is not None
+            return (ann.salary, ann.hired_at, ann.birthday, ann.photo, ann.level, ann.extra,
+                    session.get(Employee, 2).salary)  # fmt: skip
+
+    from_db = read()
+    db_reads.reset()
+    from_cache = read()
+    assert db_reads.count == 0
+    assert from_cache == from_db
+    assert [type(v) for v in from_cache] == [type(v) for v in from_db]
+
+
+def test_hit_keeps_identity_map(cached: sessionmaker[Session], db_reads: DatabaseReads) -> None:
+    def reads(session: Session) -> tuple[Any, Any, list[Employee]]:
+        ann = session.get(Employee, 1)
+        again = session.scalars(select(Employee).where(Employee.name == "ann")).one()
+        via_join = session.execute(select(Employee).join(Employee.department)).scalars().all()
+        return ann, again, list(via_join)
+
+    with cached() as session:
+        reads(session)
+    db_reads.reset()
+    with cached() as session:
+        ann, again, via_join = reads(session)
+        assert again is ann
+        assert any(e is ann for e in via_join)
+        ann.name = "changed in memory"
+        # a hit of an object already in the identity map does not overwrite its state
+        assert session.get(Employee, 1).name == "changed in memory"  # type: ignore[union-attr]
+    assert db_reads.count == 0
+
+
+def test_autoflush_runs_before_a_cached_query(
+    cached: sessionmaker[Session], db_reads: DatabaseReads
+) -> None:
+    with cached() as session:
+        assert session.query(Employee).count() == 3  # now cached
+    with cached() as session:
+        session.add(Employee(id=9, name="pending", department_id=1))
+        # the pending row is flushed before the query, so the count must include it
+        assert session.query(Employee).count() == 4
+        session.rollback()
+    with cached() as session:
+        assert session.query(Employee).count() == 3
+
+
+def test_loader_options_do_not_share_results(
+    cached: sessionmaker[Session], db_reads: DatabaseReads
+) -> None:
+    """select(X) and select(X).options(selectinload(...)) must each give what they asked for."""
+    with cached() as session:
+        plain = session.scalars(select(Department).order_by(Department.id)).all()
+        assert all("employees" not in d.__dict__ for d in plain)
+    with cached() as session:
+        loaded = session.scalars(
+            select(Department).options(selectinload(Department.employees)).order_by(Department.id)
+        ).all()
+        assert all("employees" in d.__dict__ for d in loaded)
+        assert sorted(e.name for e in loaded[0].employees) == ["ann", "bob"]
+    with cached() as session:  # and the plain one still loads nothing eagerly from a hit
+        plain = session.scalars(select(Department).order_by(Department.id)).all()
+        assert all("employees" not in d.__dict__ for d in plain)
+
+
+def test_populate_existing_refreshes_from_a_fresh_entry(
+    cached: sessionmaker[Session], engine: Any
+) -> None:
+    with cached() as session:
+        ann = session.get(Employee, 1)
+        assert ann is not None
+        session.scalars(select(Employee).where(Employee.id == 1)).one()  # cached
+        with Session(engine) as other:  # another writer renames her
+            other.get(Employee, 1).name = "anne"  # type: ignore[union-attr]
+            other.commit()
+        session.rollback()  # end the snapshot: a new transaction may see the write
+        refreshed = session.scalars(
+            select(Employee).where(Employee.id == 1).execution_options(populate_existing=True)
+        ).one()
+        assert refreshed is ann
+        assert ann.name == "anne"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param(lambda: select(Employee.name, func.now()), id="now()"),
+        pytest.param(
+            lambda: select(Employee.name, func.current_timestamp()), id="current_timestamp"
+        ),
+        pytest.param(lambda: select(Employee.name).order_by(func.rand()), id="rand()"),
+        pytest.param(lambda: select(Employee.name, literal_column("UUID()")), id="uuid()"),
+        pytest.param(lambda: select(Employee).execution_options(yield_per=1), id="yield_per"),
+        pytest.param(lambda: text("SELECT name FROM employee WHERE ((("), id="unparseable text"),
+    ],
+)
+def test_uncacheable_reads_always_reach_the_database(
+    query: Callable[[], Any],
+    cached: sessionmaker[Session],
+    db_reads: DatabaseReads,
+    query_cache: QueryCache,
+    engine: Any,
+) -> None:
+    for _ in range(2):
+        db_reads.reset()
+        with cached() as session:
+            try:
+                session.execute(query()).all()
+            except Exception:  # the unparseable text is a database error: it still went there
+                pass
+        assert db_reads.count == 1
+    stats = query_cache.stats()
+    assert stats["hits"] == 0 and stats["stores"] == 0
+    assert stats["bypasses"] >= 2
+
+
+@pytest.mark.parametrize("read", [False, True], ids=["for update", "for share"])
+def test_locking_reads_are_not_cached(
+    read: bool, mariadb: Any, query_cache: QueryCache, seeded: None
+) -> None:
+    query_cache.install(mariadb)
+    db_reads = DatabaseReads(mariadb)
+    for _ in range(2):
+        with caching_sessionmaker(mariadb)() as session:
+            session.scalars(select(Employee).with_for_update(read=read)).all()
+    db_reads.close()
+    assert db_reads.count == 2
+    assert query_cache.stats()["bypasses"] == 2
+
+
+def test_uncached_tables_are_read_from_the_database(engine: Any, redis_url: str) -> None:
+    cache = QueryCache.from_url(redis_url, namespace="test-uncached", uncached_tables=["Project"])
+    cache.install(engine)
+    db_reads = DatabaseReads(engine)
+    try:
+        session_factory = sessionmaker(engine, execution_options={"redis_cache": True})
+        for _ in range(2):
+            with session_factory() as session:
+                session.scalars(select(Project)).all()
+                session.scalars(select(Department)).all()
+        assert sum("FROM project" in s for s in db_reads.statements) == 2
+        assert sum("FROM department" in s for s in db_reads.statements) == 1
+    finally:
+        db_reads.close()
+        cache.uninstall(engine)
+        cache.clear()
+
+
+def test_results_over_the_size_limit_are_served_but_not_stored(engine: Any, redis_url: str) -> None:
+    cache = QueryCache.from_url(redis_url, namespace="test-size", max_entry_bytes=64)
+    cache.install(engine)
+    db_reads = DatabaseReads(engine)
+    try:
+        session_factory = sessionmaker(engine, execution_options={"redis_cache": True})
+        for _ in range(2):
+            with session_factory() as session:
+                assert len(session.scalars(select(Employee)).all()) == 3  # big: not stored
+                assert session.scalar(select(func.count(Project.id))) == 1  # small: stored
+        assert sum("FROM employee" in s for s in db_reads.statements) == 2
+        assert sum("FROM project" in s for s in db_reads.statements) == 1
+        assert cache.stats()["bypasses"] == 2
+    finally:
+        db_reads.close()
+        cache.uninstall(engine)
+        cache.clear()
+
+
+def test_caching_is_opt_in_per_session_and_per_statement(
+    engine: Any, cached: sessionmaker[Session], db_reads: DatabaseReads
+) -> None:
+    plain = sessionmaker(engine)
+    for _ in range(2):
+        with plain() as session:
+            session.scalars(select(Project)).all()
+    assert db_reads.count == 2  # a session without the option never caches
+
+    db_reads.reset()
+    for _ in range(2):
+        with cached() as session:
+            session.scalars(select(Project).execution_options(redis_cache=False)).all()
+            session.query(Project).no_cache().all()  # type: ignore[attr-defined]
+    assert db_reads.count == 4
+
+    db_reads.reset()
+    for _ in range(2):
+        with plain() as session:
+            session.scalars(select(Project).execution_options(redis_cache=True)).all()
+    assert db_reads.count == 1  # a statement can opt in on its own
+
+
+def test_caching_query_cache_method_and_ttl(
+    engine: Any, query_cache: QueryCache, db_reads: DatabaseReads
+) -> None:
+    from sa_redis_cache import CachingQuery
+
+    plain = sessionmaker(engine, query_cls=CachingQuery)
+    for _ in range(2):
+        with plain() as session:
+            session.query(Project).cache(ttl=30).all()  # type: ignore[attr-defined]
+    assert db_reads.count == 1
+    ttls = [
+        query_cache.client.pttl(key)
+        for key in query_cache.client.scan_iter(match="{" + query_cache.namespace + "}:e:*")
+    ]
+    assert ttls and all(0 < ttl <= 30_000 for ttl in ttls)
