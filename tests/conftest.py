@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sa_redis_cache import CachingQuery, QueryCache
 from sa_redis_cache.testing import service_missing
-from tests.models import Base, Badge, Department, Employee, Level, Manager, Project
+from tests.models import Badge, Base, Department, Employee, Level, Manager, Project
 
 MYSQL_URL = os.environ.get("SA_REDIS_CACHE_TEST_MYSQL_URL", "mysql+mysqldb://root@127.0.0.1:3306/")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import enum
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -90,14 +90,17 @@ class Person(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
     name: Mapped[str] = mapped_column(String(80))
-    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "person"}
+    __mapper_args__: ClassVar[dict[str, Any]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "person",
+    }
 
 
 class Manager(Person):
     __tablename__ = "manager"
     id: Mapped[int] = mapped_column(ForeignKey("person.id"), primary_key=True)
     budget: Mapped[int] = mapped_column(Integer)
-    __mapper_args__ = {"polymorphic_identity": "manager"}
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "manager"}
 
 
 # a correlated subquery the ORM adds to every SELECT of Department
