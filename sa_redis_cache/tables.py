@@ -72,6 +72,11 @@ _OTHER_TYPES: Final = (
     exp.Pragma,
 )  # fmt: skip
 _PLACEHOLDER_RE: Final = re.compile(r"%\(\w+\)s|%s")
+# MySQL's DML modifiers, which sqlglot would otherwise take for the table name
+_DML_MODIFIERS_RE: Final = re.compile(
+    r"^(\s*(?:INSERT|REPLACE|UPDATE|DELETE))((?:\s+(?:LOW_PRIORITY|HIGH_PRIORITY|DELAYED|QUICK|IGNORE))+)\b",
+    re.IGNORECASE,
+)
 _FIRST_WORD_RE: Final = re.compile(r"^\s*\(*\s*([A-Za-z]+)")
 _PLAN_CACHE_SIZE: Final = 4096
 
@@ -111,6 +116,8 @@ class TableDetector:
         first = _first_word(sql)
         if first in _HARMLESS_COMMANDS:
             return StatementPlan(StatementKind.OTHER, frozenset())
+        if first in ("INSERT", "REPLACE", "UPDATE", "DELETE"):
+            sql = _DML_MODIFIERS_RE.sub(r"\1", sql, count=1)
         if first == "REPLACE":  # sqlglot has no REPLACE: as a write it is an INSERT
             sql = re.sub(r"^\s*REPLACE", "INSERT", sql, count=1, flags=re.IGNORECASE)
         try:
@@ -162,12 +169,18 @@ class TableDetector:
         return StatementPlan(StatementKind.READ, frozenset(tables), uncacheable=reason)
 
     def _written_tables(self, tree: exp.Expression) -> frozenset[str]:
-        """Tables outside any subquery: the targets (multi-table UPDATE/DELETE give several)."""
-        tables = {
-            self.table_name(t.name, t.db or None)
-            for t in tree.find_all(exp.Table)
-            if t.name and t.find_ancestor(exp.Select, exp.Subquery) is None
-        }
+        """Tables outside any subquery: the targets (multi-table UPDATE/DELETE give several).
+
+        A target's alias counts as a table name too: if sqlglot misread a keyword it does not know
+        as the table (``UPDATE <keyword> employee``), the real table is in the alias, and naming
+        a table that does not exist only costs an unneeded bump.
+        """
+        tables: set[str] = set()
+        for table in tree.find_all(exp.Table):
+            if table.name and table.find_ancestor(exp.Select, exp.Subquery) is None:
+                tables.add(self.table_name(table.name, table.db or None))
+                if table.alias:
+                    tables.add(self.table_name(table.alias, table.db or None))
         return frozenset(tables) or frozenset({ALL_TABLES})
 
     def _ddl_plan(self, tree: exp.Expression, sql: str) -> StatementPlan:

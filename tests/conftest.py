@@ -135,8 +135,7 @@ def db_reads(engine: Engine, cached: sessionmaker[Session]) -> Iterator[Database
 HIRED = datetime.datetime(2021, 3, 4, 5, 6, 7, 890000)
 
 
-@pytest.fixture
-def seeded(engine: Engine) -> None:
+def seed(engine: Engine) -> None:
     """Two departments, three employees with every value type, projects, badges, a manager."""
     with Session(engine) as session:
         sales = Department(id=1, name="sales")
@@ -159,3 +158,14 @@ def seeded(engine: Engine) -> None:
         cid = Employee(id=3, name="cid", department=ops, level=Level.junior)
         session.add_all([sales, ops, ann, bob, cid, Manager(id=1, name="meg", budget=10)])
         session.commit()
+
+
+@pytest.fixture
+def seeded(engine: Engine) -> None:
+    seed(engine)
+
+
+@pytest.fixture
+def seeded_mariadb(mariadb: Engine) -> Engine:
+    seed(mariadb)
+    return mariadb

@@ -16,8 +16,6 @@ from sa_redis_cache import QueryCache
 from tests.conftest import DatabaseReads, caching_sessionmaker
 from tests.models import Department, Employee, Manager, Person, Project
 
-pytestmark = pytest.mark.usefixtures("seeded")
-
 Read = Callable[[Session], Any]
 
 
@@ -84,6 +82,7 @@ READS: dict[str, Read] = {
 
 
 @pytest.mark.parametrize("name", READS)
+@pytest.mark.usefixtures("seeded")
 def test_second_read_is_served_from_cache_with_identical_result(
     name: str, cached: sessionmaker[Session], db_reads: DatabaseReads, query_cache: QueryCache
 ) -> None:
@@ -102,6 +101,7 @@ def test_second_read_is_served_from_cache_with_identical_result(
     assert query_cache.stats()["hits"] >= 1
 
 
+@pytest.mark.usefixtures("seeded")
 def test_hit_returns_same_python_types(
     cached: sessionmaker[Session], db_reads: DatabaseReads
 ) -> None:
@@ -120,6 +120,7 @@ def test_hit_returns_same_python_types(
     assert [type(v) for v in from_cache] == [type(v) for v in from_db]
 
 
+@pytest.mark.usefixtures("seeded")
 def test_hit_keeps_identity_map(cached: sessionmaker[Session], db_reads: DatabaseReads) -> None:
     def reads(session: Session) -> tuple[Any, Any, list[Employee]]:
         ann = session.get(Employee, 1)
@@ -140,6 +141,7 @@ def test_hit_keeps_identity_map(cached: sessionmaker[Session], db_reads: Databas
     assert db_reads.count == 0
 
 
+@pytest.mark.usefixtures("seeded")
 def test_autoflush_runs_before_a_cached_query(
     cached: sessionmaker[Session], db_reads: DatabaseReads
 ) -> None:
@@ -154,6 +156,7 @@ def test_autoflush_runs_before_a_cached_query(
         assert session.query(Employee).count() == 3
 
 
+@pytest.mark.usefixtures("seeded")
 def test_loader_options_do_not_share_results(
     cached: sessionmaker[Session], db_reads: DatabaseReads
 ) -> None:
@@ -172,6 +175,7 @@ def test_loader_options_do_not_share_results(
         assert all("employees" not in d.__dict__ for d in plain)
 
 
+@pytest.mark.usefixtures("seeded")
 def test_populate_existing_refreshes_from_a_fresh_entry(
     cached: sessionmaker[Session], engine: Any
 ) -> None:
@@ -203,6 +207,7 @@ def test_populate_existing_refreshes_from_a_fresh_entry(
         pytest.param(lambda: text("SELECT name FROM employee WHERE ((("), id="unparseable text"),
     ],
 )
+@pytest.mark.usefixtures("seeded")
 def test_uncacheable_reads_always_reach_the_database(
     query: Callable[[], Any],
     cached: sessionmaker[Session],
@@ -223,7 +228,7 @@ def test_uncacheable_reads_always_reach_the_database(
 
 @pytest.mark.parametrize("read", [False, True], ids=["for update", "for share"])
 def test_locking_reads_are_not_cached(
-    read: bool, mariadb: Any, query_cache: QueryCache, seeded: None
+    read: bool, mariadb: Any, query_cache: QueryCache, seeded_mariadb: Any
 ) -> None:
     query_cache.install(mariadb)
     db_reads = DatabaseReads(mariadb)
@@ -235,6 +240,7 @@ def test_locking_reads_are_not_cached(
     assert query_cache.stats()["bypasses"] == 2
 
 
+@pytest.mark.usefixtures("seeded")
 def test_uncached_tables_are_read_from_the_database(engine: Any, redis_url: str) -> None:
     cache = QueryCache.from_url(redis_url, namespace="test-uncached", uncached_tables=["Project"])
     cache.install(engine)
@@ -253,6 +259,7 @@ def test_uncached_tables_are_read_from_the_database(engine: Any, redis_url: str)
         cache.clear()
 
 
+@pytest.mark.usefixtures("seeded")
 def test_results_over_the_size_limit_are_served_but_not_stored(engine: Any, redis_url: str) -> None:
     cache = QueryCache.from_url(redis_url, namespace="test-size", max_entry_bytes=64)
     cache.install(engine)
@@ -272,6 +279,7 @@ def test_results_over_the_size_limit_are_served_but_not_stored(engine: Any, redi
         cache.clear()
 
 
+@pytest.mark.usefixtures("seeded")
 def test_caching_is_opt_in_per_session_and_per_statement(
     engine: Any, cached: sessionmaker[Session], db_reads: DatabaseReads
 ) -> None:
@@ -295,6 +303,7 @@ def test_caching_is_opt_in_per_session_and_per_statement(
     assert db_reads.count == 1  # a statement can opt in on its own
 
 
+@pytest.mark.usefixtures("seeded")
 def test_caching_query_cache_method_and_ttl(
     engine: Any, query_cache: QueryCache, db_reads: DatabaseReads
 ) -> None:
