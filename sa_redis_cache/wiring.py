@@ -31,7 +31,7 @@ from .reads import PENDING_STORE_ATTR, ReadPath, caching_enabled
 from .redis_store import RedisStore
 from .stats import Stats
 from .tables import StatementKind, StatementPlan, TableDetector
-from .write_tracking import reset_transaction_state, transaction_state
+from .write_tracking import TransactionStates
 
 log = logging.getLogger("sa_redis_cache")
 
@@ -61,6 +61,7 @@ class EngineWiring:
         self.reads = ReadPath(store, self.keys, self.invalidator, config, stats)
         self.cascades = CascadeMap(dialect.name, self.detector.table_name)
         self._dml_takes_snapshot = dialect.name not in _SNAPSHOT_AT_FIRST_READ
+        self._transactions = TransactionStates()
         self._committing: dict[int, tuple[frozenset[str], str | None]] = {}
         self._original_do_commit: Callable[[Any], None] | None = None
         self._do_commit_was_overridden = False
@@ -109,7 +110,7 @@ class EngineWiring:
     ) -> bool:
         """Returns True when a hit has been served (the DBAPI call is then skipped)."""
         connection = context.root_connection
-        state = transaction_state(connection.info)
+        state = self._transactions.of(connection)
         plan = self._plan(context, statement)
         if plan.kind is StatementKind.READ:
             if not caching_enabled(context) or context.executemany:
@@ -162,28 +163,28 @@ class EngineWiring:
         if plan is not None:
             if plan.kind is StatementKind.DDL:
                 self.cascades.forget()
-            state = transaction_state(conn.info)
+            state = self._transactions.of(conn)
             tables = frozenset(state.written()) | plan.tables
             self.invalidator.publish(self.cascades.expand(tables, conn.connection.dbapi_connection))
 
     # -- transactions --------------------------------------------------------------------------
 
     def _on_begin(self, conn: Connection) -> None:
-        reset_transaction_state(conn.info)
+        self._transactions.reset(conn)
 
-    def _on_savepoint(self, conn: Connection, name: str) -> None:
-        transaction_state(conn.info).savepoint(name)
+    def _on_savepoint(self, conn: Connection, name: str | None) -> None:
+        self._transactions.of(conn).savepoint(name)
 
     def _on_release_savepoint(self, conn: Connection, name: str, context: Any) -> None:
-        transaction_state(conn.info).release_savepoint(name)
+        self._transactions.of(conn).release_savepoint(name)
 
     def _on_rollback_savepoint(self, conn: Connection, name: str, context: Any) -> None:
-        transaction_state(conn.info).rollback_savepoint(name)
+        self._transactions.of(conn).rollback_savepoint(name)
 
     def _on_commit(self, conn: Connection) -> None:
         """Before the database commit: announce what this transaction wrote."""
-        written = frozenset(transaction_state(conn.info).written())
-        reset_transaction_state(conn.info)
+        written = frozenset(self._transactions.of(conn).written())
+        self._transactions.reset(conn)
         if not written:
             return
         tables = self.cascades.expand(written, conn.connection.dbapi_connection)
@@ -200,7 +201,7 @@ class EngineWiring:
                 self.invalidator.finish(*pending)
 
     def _on_rollback(self, conn: Connection) -> None:
-        reset_transaction_state(conn.info)
+        self._transactions.reset(conn)
         pending = self._committing.pop(id(conn.connection), None)
         if pending is not None:  # a commit that never reached the database: lift the mark
             self.invalidator.finish(*pending)

@@ -1,8 +1,8 @@
 """Write tracking: what one database transaction wrote, level by level, and what it has read.
 
-One :class:`TransactionState` lives on each DBAPI connection (``Connection.info``) from ``begin`` to
-commit or rollback. Savepoints push a level; a released savepoint's writes join its parent, a
-rolled-back one's are forgotten (they never reach the database, so they publish nothing).
+One :class:`TransactionState` lives with each connection from ``begin`` to commit or rollback.
+Savepoints push a level; a released savepoint's writes join its parent, a rolled-back one's are
+forgotten (they never reach the database, so they publish nothing).
 
 It also remembers the transaction's snapshot clock: the write counter read before the
 transaction's first statement that could take a snapshot. Under REPEATABLE READ a later statement
@@ -11,9 +11,8 @@ sees the database as of that snapshot, so a table bumped after it must not be se
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
-
-_STATE_KEY = "sa_redis_cache.transaction"
 
 
 @dataclass(slots=True)
@@ -44,7 +43,7 @@ class TransactionState:
             return self.levels[0].tables
         return set().union(*(level.tables for level in self.levels))
 
-    def savepoint(self, name: str) -> None:
+    def savepoint(self, name: str | None) -> None:
         self.levels.append(_Level(name))
 
     def release_savepoint(self, name: str) -> None:
@@ -60,20 +59,31 @@ class TransactionState:
             del self.levels[index:]
 
     def _find(self, name: str) -> int | None:
+        """The level of savepoint ``name``. SQLAlchemy announces a savepoint before naming it
+        (the event gets None), but nests them strictly: an unknown name is the innermost one."""
         for index in range(len(self.levels) - 1, 0, -1):
             if self.levels[index].savepoint == name:
                 return index
-        return None
+        return len(self.levels) - 1 if len(self.levels) > 1 else None
 
 
-def transaction_state(info: dict[object, object]) -> TransactionState:
-    """The state of the transaction on the connection whose ``info`` dict this is."""
-    state = info.get(_STATE_KEY)
-    if state is None:
-        state = info[_STATE_KEY] = TransactionState()
-    assert isinstance(state, TransactionState)
-    return state
+class TransactionStates:
+    """The state of each connection's current transaction.
 
+    Keyed by the SQLAlchemy ``Connection`` (weakly), not stored in ``Connection.info``: the
+    connection a dialect uses for its first-connect queries has no ``info``.
+    """
 
-def reset_transaction_state(info: dict[object, object]) -> None:
-    info.pop(_STATE_KEY, None)
+    def __init__(self) -> None:
+        self._states: weakref.WeakKeyDictionary[object, TransactionState] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def of(self, connection: object) -> TransactionState:
+        state = self._states.get(connection)
+        if state is None:
+            state = self._states[connection] = TransactionState()
+        return state
+
+    def reset(self, connection: object) -> None:
+        self._states.pop(connection, None)

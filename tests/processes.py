@@ -1,0 +1,57 @@
+"""Code that runs in other processes (multiprocessing 'spawn'): each builds its own engine and
+cache, exactly as another app server would."""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any
+
+from sqlalchemy import create_engine, select
+
+from sa_redis_cache import QueryCache
+from tests.conftest import caching_sessionmaker
+from tests.models import Employee
+
+
+def _cache_for(url: str, redis_url: str, namespace: str) -> tuple[Any, QueryCache]:
+    engine = create_engine(url)
+    cache = QueryCache.from_url(redis_url, namespace=namespace)
+    cache.install(engine)
+    return engine, cache
+
+
+def rename_employee(
+    url: str, redis_url: str, namespace: str, employee_id: int, name: str, out: Any
+) -> None:
+    engine, _ = _cache_for(url, redis_url, namespace)
+    with caching_sessionmaker(engine)() as session:
+        employee = session.get(Employee, employee_id)
+        assert employee is not None
+        employee.name = name
+        session.commit()
+    engine.dispose()
+
+
+def employee_names(url: str, redis_url: str, namespace: str, out: Any) -> None:
+    engine, cache = _cache_for(url, redis_url, namespace)
+    with caching_sessionmaker(engine)() as session:
+        out.put(list(session.scalars(select(Employee.name).order_by(Employee.id))))
+    out.put(cache.stats())
+    engine.dispose()
+
+
+def run(target: Any, *args: Any, timeout: float = 60) -> list[Any]:
+    """Run ``target(*args, queue)`` in a fresh process; return what it put on the queue."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=target, args=(*args, queue))
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        raise AssertionError(f"{target.__name__} did not finish in {timeout}s")
+    assert process.exitcode == 0, f"{target.__name__} exited with {process.exitcode}"
+    results = []
+    while not queue.empty():
+        results.append(queue.get())
+    return results
