@@ -3,7 +3,8 @@
 An entry holds the raw rows the driver returned (before SQLAlchemy's type processing), so the ORM
 builds its objects from a hit exactly as from the database. Decoding cannot run code: the only
 extension types are the few value types drivers return (Decimal, dates and times, sets, UUIDs,
-integers wider than 64 bits), each rebuilt by its own constructor.
+integers wider than 64 bits), each rebuilt by its own constructor. (A ``bytearray`` comes back as
+``bytes``, like every binary value; the drivers we serve return ``bytes``.)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Entry(NamedTuple):
     rows: tuple[Row, ...]
 
 
-_DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _BIGINT, _SET, _UUID, _BYTEARRAY = range(1, 10)
+_DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _BIGINT, _SET, _UUID = range(1, 9)
 
 
 def _td_encode(value: datetime.timedelta) -> bytes:
@@ -54,7 +55,6 @@ _ENCODERS: Final[dict[type, Callable[[Any], msgpack.ExtType]]] = {
     set: lambda v: msgpack.ExtType(_SET, _pack(list(v))),
     frozenset: lambda v: msgpack.ExtType(_SET, _pack(list(v))),
     uuid.UUID: lambda v: msgpack.ExtType(_UUID, v.bytes),
-    bytearray: lambda v: msgpack.ExtType(_BYTEARRAY, bytes(v)),
 }
 
 _DECODERS: Final[dict[int, Callable[[bytes], Any]]] = {
@@ -66,7 +66,6 @@ _DECODERS: Final[dict[int, Callable[[bytes], Any]]] = {
     _BIGINT: lambda b: int(b.decode()),
     _SET: lambda b: set(_unpack(b)),
     _UUID: lambda b: uuid.UUID(bytes=b),
-    _BYTEARRAY: bytearray,
 }
 
 

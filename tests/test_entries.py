@@ -1,0 +1,124 @@
+"""Serialization and hostile entries: nothing read from Redis can run code; an entry that is not
+an intact entry of this format, written for this very key, is a logged, counted miss."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import pickle
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sa_redis_cache import QueryCache
+from sa_redis_cache.errors import CorruptEntryError
+from sa_redis_cache.serialization import FORMAT_VERSION, decode_entry, encode_entry
+from tests.conftest import DatabaseReads
+from tests.models import Department, Employee
+
+ROW_VALUES: list[Any] = [
+    None, True, 0, -(2**63), 2**64 + 1, 1.5, "text ü", b"\x00\xff", bytearray(b"ba"),
+    Decimal("-1.2300"), datetime.datetime(2024, 2, 29, 23, 59, 59, 999999),
+    datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=-3))),
+    datetime.date(1, 1, 1), datetime.time(12, 30, 1, 5), datetime.timedelta(days=-2, seconds=7),
+    {"a", "b"}, uuid.UUID(int=7),
+]  # fmt: skip
+
+
+def test_every_driver_value_type_round_trips_exactly() -> None:
+    description = (("c", 3, None, None, None, None, True),)
+    encoded = encode_entry(b"digest", "epoch", [1, 2], description, [tuple(ROW_VALUES)])
+    entry = decode_entry(encoded, b"digest")
+    [row] = entry.rows
+    assert list(row) == ROW_VALUES
+    expected_types = [bytes if type(v) is bytearray else type(v) for v in ROW_VALUES]
+    assert [type(v) for v in row] == expected_types
+    assert entry.versions == (1, 2) and entry.epoch == "epoch"
+
+
+def test_values_without_a_faithful_encoding_are_refused() -> None:
+    with pytest.raises(TypeError):
+        encode_entry(b"d", "e", [], (), [(object(),)])
+
+
+class WritesAFile:
+    path = ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (Path(self.path),))
+
+
+def hostile_payloads(tmp_path: Path, valid_other_key: bytes) -> dict[str, bytes]:
+    WritesAFile.path = str(tmp_path / "pwned")
+    return {
+        "garbage": os.urandom(64),
+        "empty": b"",
+        "pickle that writes a file": pickle.dumps(WritesAFile()),
+        "entry of another key": valid_other_key,
+        "old format version": msgpack.packb([FORMAT_VERSION - 1, b"x", "e", [], [], []]),
+        "unknown value type": msgpack.packb(msgpack.ExtType(99, b"x")),
+        "truncated": valid_other_key[: len(valid_other_key) // 2],
+    }
+
+
+def entry_keys(cache: QueryCache) -> set[bytes]:
+    return set(cache.client.scan_iter(match="{" + cache.namespace + "}:e:*"))
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "garbage",
+        "empty",
+        "pickle that writes a file",
+        "entry of another key",
+        "old format version",
+        "unknown value type",
+        "truncated",
+    ],
+)
+def test_hostile_entry_is_a_logged_counted_miss(
+    kind: str,
+    engine: Engine,
+    cached: sessionmaker[Session],
+    query_cache: QueryCache,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with cached() as session:
+        session.scalars(select(Department)).all()
+    [other_key] = entry_keys(query_cache)
+    with cached() as session:
+        names = list(session.scalars(select(Employee.name).order_by(Employee.id)))
+    [key] = entry_keys(query_cache) - {other_key}
+
+    payload = hostile_payloads(tmp_path, query_cache.client.get(other_key))[kind]
+    query_cache.client.set(key, payload, px=60_000)
+    errors = query_cache.stats()["errors"]
+    reads = DatabaseReads(engine)
+    with caplog.at_level(logging.WARNING, logger="sa_redis_cache"), cached() as session:
+        assert list(session.scalars(select(Employee.name).order_by(Employee.id))) == names
+    assert reads.count == 1
+    assert query_cache.stats()["errors"] == errors + 1
+    assert "corrupt cache entry" in caplog.text
+    assert not (tmp_path / "pwned").exists()
+
+    reads.reset()  # the bad entry was overwritten by a good one
+    with cached() as session:
+        assert list(session.scalars(select(Employee.name).order_by(Employee.id))) == names
+    reads.close()
+    assert reads.count == 0
+
+
+def test_decode_rejects_entry_written_for_another_key() -> None:
+    encoded = encode_entry(b"one", "e", [], (), [])
+    with pytest.raises(CorruptEntryError):
+        decode_entry(encoded, b"two")

@@ -1,0 +1,167 @@
+"""Redis trouble, on a throwaway redis-server of the test's own: the application keeps answering
+from the database, nothing raises into it, a failed call costs one timeout and then the circuit
+breaker keeps Redis off the request path, and no stale entry is served after recovery."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sa_redis_cache import QueryCache
+from tests.conftest import DatabaseReads, RedisServer, caching_sessionmaker
+from tests.models import Employee
+
+pytestmark = pytest.mark.usefixtures("seeded")
+
+
+class CountingClient(redis.Redis):
+    """Counts the commands sent (each is one round trip), to prove the breaker stops them."""
+
+    calls = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        type(self).calls += 1
+        return super().execute_command(*args, **options)
+
+
+def cache_on(url: str, **options: Any) -> QueryCache:
+    CountingClient.calls = 0
+    client = CountingClient.from_url(
+        url, socket_timeout=0.2, socket_connect_timeout=0.2, retry=None
+    )
+    return QueryCache(client, namespace="faults", **options)
+
+
+@pytest.fixture
+def faulty(engine: Engine, redis_server: RedisServer) -> Iterator[tuple[QueryCache, Any]]:
+    cache = cache_on(redis_server.url, retry_after=60)
+    cache.install(engine)
+    yield cache, caching_sessionmaker(engine)
+    cache.uninstall(engine)
+
+
+def names(cached: sessionmaker[Session]) -> list[str]:
+    with cached() as session:
+        return list(session.scalars(select(Employee.name).order_by(Employee.id)))
+
+
+def rename(cached: sessionmaker[Session], name: str) -> None:
+    with cached() as session:
+        session.get(Employee, 1).name = name  # type: ignore[union-attr]
+        session.commit()
+
+
+def test_dead_redis_reads_and_writes_go_on(engine: Engine, redis_server: RedisServer) -> None:
+    redis_server.kill()
+    cache = cache_on(redis_server.url, retry_after=60)
+    cache.install(engine)
+    try:
+        cached = caching_sessionmaker(engine)
+        for _ in range(5):
+            assert names(cached) == ["ann", "bob", "cid"]
+        rename(cached, "written")
+        assert names(cached)[0] == "written"
+        stats = cache.stats()
+        assert stats["hits"] == 0 and stats["errors"] >= 1
+        assert CountingClient.calls == 1  # one failed attempt, then the breaker
+    finally:
+        cache.uninstall(engine)
+
+
+def test_frozen_redis_costs_one_timeout_then_nothing(
+    faulty: tuple[QueryCache, Any], redis_server: RedisServer
+) -> None:
+    cache, cached = faulty
+    assert names(cached) == ["ann", "bob", "cid"]
+    calls = CountingClient.calls
+    redis_server.freeze()
+    for _ in range(5):
+        assert names(cached) == ["ann", "bob", "cid"]
+    rename(cached, "frozen")
+    assert names(cached)[0] == "frozen"
+    assert CountingClient.calls == calls + 1
+    assert cache.stats()["errors"] >= 1
+    redis_server.thaw()
+
+
+def read_until_cache_recovers(cached: sessionmaker[Session], cache: QueryCache) -> list[str]:
+    """Read until the breaker lets Redis back in and a fresh entry is stored and hit; every read
+    on the way must be right."""
+    start = cache.stats()
+    deadline = time.monotonic() + 10
+    while True:
+        assert names(cached)[0] == "after", "served a stale entry"
+        now = cache.stats()
+        if now["stores"] > start["stores"] and now["hits"] > start["hits"]:
+            return names(cached)
+        assert time.monotonic() < deadline, now
+
+
+def test_restarted_empty_redis(engine: Engine, redis_server: RedisServer) -> None:
+    cache = cache_on(redis_server.url, retry_after=0.05)
+    cache.install(engine)
+    try:
+        cached = caching_sessionmaker(engine)
+        names(cached)
+        names(cached)
+        assert cache.stats()["hits"] == 1
+        redis_server.kill()
+        rename(cached, "after")  # the bump cannot be delivered
+        assert names(cached)[0] == "after"
+        redis_server.start()  # empty
+        assert read_until_cache_recovers(cached, cache)[0] == "after"
+    finally:
+        cache.uninstall(engine)
+
+
+def test_undelivered_bump_blocks_the_table_until_delivered(engine: Engine, tmp_path: Path) -> None:
+    """Redis comes back with its old data (a partition heals): the entry it still holds is
+    stale, so this process serves nothing of that table until its bump gets through."""
+    server = RedisServer(tmp_path, "--dbfilename", "dump.rdb")
+    server.start()
+    cache = cache_on(server.url, retry_after=0.05)
+    cache.install(engine)
+    try:
+        cached = caching_sessionmaker(engine)
+        names(cached)
+        assert names(cached)[0] == "ann" and cache.stats()["hits"] == 1
+        redis.Redis(port=server.port).save()
+        server.kill()
+        rename(cached, "after")
+        server.start()  # with the stale entry and the old versions
+        stale = redis.Redis(port=server.port)
+        assert len(list(stale.scan_iter(match="{faults}:e:*"))) == 1
+        reads = DatabaseReads(engine)
+        assert read_until_cache_recovers(cached, cache)[0] == "after"
+        reads.close()
+        assert reads.count >= 1
+    finally:
+        cache.uninstall(engine)
+        server.kill()
+
+
+def test_evicted_version_keys_never_revive_old_entries(
+    engine: Engine, redis_server: RedisServer
+) -> None:
+    """allkeys-lru may evict a version key or the clock but keep an entry."""
+    cache = cache_on(redis_server.url)
+    cache.install(engine)
+    try:
+        cached = caching_sessionmaker(engine)
+        names(cached)
+        client = redis.Redis(port=redis_server.port)
+        with Session(engine) as session:  # a write the cache did not see, then "eviction"
+            session.get(Employee, 1).name = "after"  # type: ignore[union-attr]
+            session.commit()
+        for key in client.scan_iter(match="{faults}:[vc]*"):
+            client.delete(key)
+        assert names(cached)[0] == "after"
+    finally:
+        cache.uninstall(engine)
