@@ -68,10 +68,13 @@ class QueryCache:
             write_lease=write_lease,
             retry_after=retry_after,
         )
-        if _socket_timeout(client) is None:
+        timeout = _socket_timeout(client)
+        if timeout is None or timeout > 1:
             log.warning(
-                "the Redis client has no socket_timeout: a hung Redis would hang every request; "
-                "use QueryCache.from_url or give the client socket_timeout=%s",
+                "the Redis client's socket_timeout is %s: a hung Redis stalls a request that long "
+                "before the circuit breaker opens; use QueryCache.from_url or give the client "
+                "socket_timeout=%s",
+                "unset" if timeout is None else f"{timeout}s",
                 DEFAULT_SOCKET_TIMEOUT,
             )
         self.client = client

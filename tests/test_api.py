@@ -1,0 +1,164 @@
+"""The public API: wrong arguments fail at construction with clear errors; install is idempotent
+and undone by uninstall; keys never carry a password."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.engine import make_url
+
+from sa_redis_cache import CacheConfigurationError, CachingQuery, QueryCache
+from sa_redis_cache.keys import KeyBuilder, database_identity
+from tests.conftest import DatabaseReads, caching_sessionmaker
+from tests.models import Employee
+
+CLIENT = redis.Redis(socket_timeout=1)  # constructing a client does not connect
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ttl": -1}, "ttl must be a positive integer"),
+        ({"ttl": 0}, "ttl must be a positive integer"),
+        ({"ttl": 1.5}, "ttl must be a positive integer"),
+        ({"ttl": True}, "ttl must be a positive integer"),
+        ({"namespace": ""}, "namespace must be"),
+        ({"namespace": "a b"}, "namespace must be"),
+        ({"namespace": "{x}"}, "namespace must be"),
+        ({"namespace": "x" * 65}, "namespace must be"),
+        ({"namespace": 5}, "namespace must be"),
+        ({"max_entry_bytes": 0}, "max_entry_bytes must be a positive integer"),
+        ({"uncached_tables": "employee"}, "not a single string"),
+        ({"uncached_tables": [""]}, "table names must be non-empty"),
+        ({"write_lease": 0}, "write_lease must be a positive number"),
+        ({"retry_after": -2}, "retry_after must be a positive number"),
+    ],
+)
+def test_bad_options_raise_at_construction(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(CacheConfigurationError, match=message):
+        QueryCache(CLIENT, **options)
+    assert issubclass(CacheConfigurationError, ValueError)
+
+
+@pytest.mark.parametrize("client", [None, "redis://x", object(), redis.asyncio.Redis()])
+def test_something_that_is_not_a_sync_redis_client_is_a_type_error(client: Any) -> None:
+    with pytest.raises(TypeError, match=r"synchronous redis\.Redis"):
+        QueryCache(client)
+
+
+def test_caching_query_rejects_a_bad_ttl() -> None:
+    from sqlalchemy.orm import Session
+
+    with Session(query_cls=CachingQuery) as session, pytest.raises(CacheConfigurationError):
+        session.query(Employee).cache(ttl=-5)  # type: ignore[attr-defined]
+
+
+def test_install_wants_an_engine() -> None:
+    with pytest.raises(TypeError):
+        QueryCache(CLIENT).install("sqlite://")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timeout", [None, 5])
+def test_client_with_a_long_timeout_is_warned_about(
+    timeout: float | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    QueryCache(redis.Redis(socket_timeout=timeout))
+    assert "a hung Redis stalls a request" in caplog.text
+    caplog.clear()
+    QueryCache(redis.Redis(socket_timeout=0.25))
+    assert caplog.text == ""
+
+
+@pytest.mark.usefixtures("seeded")
+def test_install_is_idempotent_and_uninstall_undoes_it(
+    engine: Engine, query_cache: QueryCache
+) -> None:
+    do_commit = engine.dialect.do_commit
+    query_cache.install(engine)
+    query_cache.install(engine)
+    assert query_cache.engines == (engine,)
+    cached = caching_sessionmaker(engine)
+    reads = DatabaseReads(engine)
+    for _ in range(3):
+        with cached() as session:
+            session.scalars(select(Employee)).all()
+    assert reads.count == 1  # installed once: one miss, then hits
+    assert query_cache.stats()["stores"] == 1
+
+    query_cache.uninstall(engine)
+    query_cache.uninstall(engine)
+    assert query_cache.engines == ()
+    assert engine.dialect.do_commit == do_commit
+    reads.reset()
+    for _ in range(2):
+        with cached() as session:
+            session.scalars(select(Employee)).all()
+    reads.close()
+    assert reads.count == 2
+
+
+def test_invalidate_needs_an_installed_engine() -> None:
+    with pytest.raises(CacheConfigurationError):
+        QueryCache(CLIENT).invalidate("employee")
+
+
+@pytest.mark.usefixtures("seeded")
+def test_invalidate_all_and_by_table(engine: Engine, query_cache: QueryCache) -> None:
+    query_cache.install(engine)
+    cached = caching_sessionmaker(engine)
+    reads = DatabaseReads(engine)
+
+    def read_both() -> None:
+        with cached() as session:
+            session.scalars(select(Employee)).all()
+            session.execute(select(1)).all()
+
+    read_both()
+    query_cache.invalidate("Employee")  # names are case-insensitive
+    reads.reset()
+    read_both()
+    assert reads.count == 1
+    query_cache.invalidate()
+    reads.reset()
+    read_both()
+    reads.close()
+    assert reads.count == 2
+    assert query_cache.stats()["invalidations"] >= 2
+
+
+def test_database_identity_has_no_password_and_folds_loopback() -> None:
+    one = database_identity(make_url("mysql+mysqldb://root:s3cret@localhost/shop"))
+    two = database_identity(make_url("mysql+pymysql://other:pw@127.0.0.1:3306/shop"))
+    assert one == two == "mysql://127.0.0.1:3306/shop"
+    assert database_identity(make_url("mysql://h:3307/shop")) != one
+    assert database_identity(make_url("mysql://127.0.0.1/other")) != one
+    keys = KeyBuilder("ns", one, "mysql+mysqldb")
+    entry_key, _ = keys.entry("SELECT 1", b"")
+    assert "s3cret" not in entry_key + keys.version("t") + keys.clock
+
+
+def test_entry_key_separates_what_changes_a_result() -> None:
+    base = KeyBuilder("ns", "db", "mysql+mysqldb")
+    key = base.entry("SELECT 1", b"p")[0]
+    assert base.entry("SELECT 1", b"p")[0] == key
+    assert base.entry("SELECT 2", b"p")[0] != key
+    assert base.entry("SELECT 1", b"q")[0] != key
+    assert KeyBuilder("other", "db", "mysql+mysqldb").entry("SELECT 1", b"p")[0] != key
+    assert KeyBuilder("ns", "db2", "mysql+mysqldb").entry("SELECT 1", b"p")[0] != key
+    assert KeyBuilder("ns", "db", "mysql+pymysql").entry("SELECT 1", b"p")[0] != key
+
+
+def test_from_url_uses_short_timeouts(redis_url: str) -> None:
+    cache = QueryCache.from_url(redis_url, namespace="x", ttl=5)
+    kwargs = cache.client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+    assert 0 < kwargs["socket_timeout"] <= 1
+    assert cache.config.ttl == 5
+
+
+def test_sqlite_memory_databases_are_never_shared() -> None:
+    a, b = create_engine("sqlite://"), create_engine("sqlite://")
+    assert database_identity(a.url) != database_identity(b.url)

@@ -1,0 +1,108 @@
+"""Cost and footprint: one Redis round trip per hit, two per miss, two per committing transaction
+that wrote (announce before the commit, bump after it); no KEYS or SCAN on any of them; a TTL on
+every key; nothing in Redis grows with the number of entries per table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, select
+
+from sa_redis_cache import QueryCache
+from tests.conftest import caching_sessionmaker
+from tests.models import Department, Employee, Project
+
+pytestmark = pytest.mark.usefixtures("seeded")
+
+
+class RecordingClient(redis.Redis):
+    commands: list[str] = []  # noqa: RUF012 (one list, reset per test)
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        type(self).commands.append(str(args[0]).upper())
+        return super().execute_command(*args, **options)
+
+
+@pytest.fixture
+def recorded(engine: Engine, redis_url: str) -> Iterator[tuple[QueryCache, Any]]:
+    client = RecordingClient.from_url(redis_url, socket_timeout=1)
+    cache = QueryCache(client, namespace="test-cost")
+    cache.clear()
+    cache.install(engine)
+    cached = caching_sessionmaker(engine)
+    with cached() as session:  # load the scripts once
+        session.scalars(select(Department)).all()
+    RecordingClient.commands = []
+    yield cache, cached
+    cache.uninstall(engine)
+    cache.clear()
+
+
+def test_round_trips_per_hit_miss_and_commit(recorded: tuple[QueryCache, Any]) -> None:
+    _, cached = recorded
+    with cached() as session:
+        session.scalars(select(Employee).where(Employee.id == 1)).one()
+    assert RecordingClient.commands == ["EVALSHA", "EVALSHA"]  # miss: lookup + store
+
+    RecordingClient.commands = []
+    with cached() as session:
+        session.scalars(select(Employee).where(Employee.id == 1)).one()
+    assert RecordingClient.commands == ["EVALSHA"]  # hit
+
+    RecordingClient.commands = []
+    with cached() as session:
+        project = session.get(Project, 1)
+        session.get(Employee, 2).name = "b"  # type: ignore[union-attr]
+        project.title = "p"  # type: ignore[union-attr]
+        session.commit()
+    # the two gets (misses), then one announce + one bump for all the tables together
+    assert RecordingClient.commands.count("EVALSHA") == 2 * 2 + 2
+    assert set(RecordingClient.commands) == {"EVALSHA"}
+
+
+def test_every_key_has_a_ttl_and_none_grows_per_entry(recorded: tuple[QueryCache, Any]) -> None:
+    cache, cached = recorded
+    with cached() as session:
+        for employee_id in range(1, 200):
+            session.get(Employee, employee_id)
+        session.get(Employee, 1).name = "x"  # type: ignore[union-attr]
+        session.commit()
+    keys = list(cache.client.scan_iter(match="{test-cost}:*"))
+    kinds: dict[str, int] = {}
+    for key in keys:
+        assert cache.client.pttl(key) > 0, key
+        kind = key.decode().split(":")[1]
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if cache.client.type(key) != b"string":  # the clock hash and write markers stay small
+            assert cache.client.memory_usage(key) < 1024, key
+    assert kinds["e"] >= 199  # one key per entry ...
+    assert len(keys) - kinds["e"] < 20  # ... and a handful of others, whatever the entry count
+
+
+def test_no_key_outside_the_namespace(recorded: tuple[QueryCache, Any]) -> None:
+    cache, cached = recorded
+    with cached() as session:
+        session.get(Employee, 1).name = "y"  # type: ignore[union-attr]
+        session.commit()
+    cache.invalidate()
+    touched = [c for c in RecordingClient.commands if c not in {"EVALSHA", "HGET"}]
+    assert touched == []
+
+
+def test_clear_removes_only_its_namespace(engine: Engine, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.set("{test-bystander}:x", 1, px=60_000)
+    cache = QueryCache.from_url(redis_url, namespace="test-clear")
+    cache.install(engine)
+    try:
+        with caching_sessionmaker(engine)() as session:
+            session.scalars(select(Employee)).all()
+        assert cache.clear() >= 3
+        assert list(client.scan_iter(match="{test-clear}:*")) == []
+        assert client.get("{test-bystander}:x") == b"1"
+    finally:
+        cache.uninstall(engine)
+        client.delete("{test-bystander}:x")
