@@ -4,11 +4,14 @@ cache, exactly as another app server would."""
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 from typing import Any
 
 from sqlalchemy import create_engine, select
 
 from sa_redis_cache import QueryCache
+from sa_redis_cache.invalidation import Invalidator
 from tests.conftest import caching_sessionmaker
 from tests.models import Employee
 
@@ -32,6 +35,23 @@ def rename_employee(
     engine.dispose()
 
 
+def commit_then_die(
+    url: str, redis_url: str, namespace: str, lease: float, name: str, out: Any
+) -> None:
+    """Commit a rename, then die (SIGKILL) after the database commit, before the Redis bump."""
+    engine = create_engine(url)
+    cache = QueryCache.from_url(redis_url, namespace=namespace, write_lease=lease)
+    cache.install(engine)
+
+    def die(*args: Any) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    Invalidator.finish = die  # type: ignore[method-assign]  # this process only
+    with caching_sessionmaker(engine)() as session:
+        session.get(Employee, 1).name = name  # type: ignore[union-attr]
+        session.commit()
+
+
 def employee_names(url: str, redis_url: str, namespace: str, out: Any) -> None:
     engine, cache = _cache_for(url, redis_url, namespace)
     with caching_sessionmaker(engine)() as session:
@@ -40,7 +60,7 @@ def employee_names(url: str, redis_url: str, namespace: str, out: Any) -> None:
     engine.dispose()
 
 
-def run(target: Any, *args: Any, timeout: float = 60) -> list[Any]:
+def run(target: Any, *args: Any, timeout: float = 60, exitcode: int = 0) -> list[Any]:
     """Run ``target(*args, queue)`` in a fresh process; return what it put on the queue."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -50,7 +70,7 @@ def run(target: Any, *args: Any, timeout: float = 60) -> list[Any]:
     if process.is_alive():
         process.kill()
         raise AssertionError(f"{target.__name__} did not finish in {timeout}s")
-    assert process.exitcode == 0, f"{target.__name__} exited with {process.exitcode}"
+    assert process.exitcode == exitcode, f"{target.__name__} exited with {process.exitcode}"
     results = []
     while not queue.empty():
         results.append(queue.get())
