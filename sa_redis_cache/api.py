@@ -40,6 +40,8 @@ class QueryCache:
     :param write_lease: seconds a table stays marked "being written" if a writer dies between its
         database commit and its Redis bump; while marked, nobody serves or stores it.
     :param retry_after: seconds Redis stays off the request path after an error.
+    :param stampede_wait: when another process is already computing a missing entry, seconds to
+        wait for its result before reading the database too (0: never wait).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class QueryCache:
         max_entry_bytes: int = 1 << 20,
         write_lease: float = 30.0,
         retry_after: float = 5.0,
+        stampede_wait: float = 0.5,
     ) -> None:
         if isinstance(client, redis.asyncio.Redis) or not isinstance(
             client, redis.Redis | RedisCluster
@@ -67,6 +70,7 @@ class QueryCache:
             max_entry_bytes=max_entry_bytes,
             write_lease=write_lease,
             retry_after=retry_after,
+            stampede_wait=stampede_wait,
         )
         timeout = _socket_timeout(client)
         if timeout is None or timeout > 1:

@@ -27,6 +27,8 @@ class CacheConfig:
     """Seconds a table stays marked "being written" if a writer dies between commit and bump."""
     retry_after: float
     """Seconds the circuit breaker keeps Redis out of the request path after an error."""
+    stampede_wait: float
+    """Seconds a miss waits for another process already computing the same entry (0: never)."""
 
     @classmethod
     def build(
@@ -38,6 +40,7 @@ class CacheConfig:
         max_entry_bytes: int,
         write_lease: float,
         retry_after: float,
+        stampede_wait: float,
     ) -> CacheConfig:
         if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
             raise CacheConfigurationError(
@@ -58,6 +61,7 @@ class CacheConfig:
             max_entry_bytes=max_entry_bytes,
             write_lease=_positive_number("write_lease", write_lease),
             retry_after=_positive_number("retry_after", retry_after),
+            stampede_wait=_non_negative_number("stampede_wait", stampede_wait),
         )
 
 
@@ -80,6 +84,12 @@ def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise CacheConfigurationError(f"{name} must be a positive integer; got {value!r}")
     return value
+
+
+def _non_negative_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise CacheConfigurationError(f"{name} must be a number of seconds >= 0; got {value!r}")
+    return float(value)
 
 
 def _positive_number(name: str, value: object) -> float:

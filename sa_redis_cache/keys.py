@@ -65,6 +65,10 @@ class KeyBuilder:
         raw = digest.digest()
         return f"{self._prefix}e:{raw.hex()}", raw
 
+    def lock(self, digest: bytes) -> str:
+        """Held by the one process computing a missing entry while others wait for it."""
+        return f"{self._prefix}l:{digest.hex()}"
+
     def version(self, table: str) -> str:
         """Holds the counter value of the table's last write."""
         return f"{self._prefix}v:{self._db}:{table}"

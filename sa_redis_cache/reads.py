@@ -1,14 +1,19 @@
 """The read path: decide whether a SELECT may use the cache, serve a hit, store a miss.
 
-A hit is one Redis round trip (the lookup script returns the entry together with the current
-versions of its tables); a miss adds one more (the store script, which refuses if anything moved
-since the lookup). An entry records the versions read *before* its SQL ran, so a write that commits
-while the SQL runs always makes the entry dead instead of lost.
+A hit is one Redis round trip: the lookup script checks the entry against the current versions of
+its tables and returns its payload only if it is still valid. A miss adds one more (the store
+script, which refuses if anything moved since the lookup). An entry records the versions read
+*before* its SQL ran, so a write that commits while the SQL runs makes the entry dead, never lost.
+
+Stampedes: on a miss the lookup also takes a short lock. A process that finds the lock taken waits
+up to ``stampede_wait`` for the holder's entry, polling with backoff, then reads the database.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -19,8 +24,8 @@ from .cursor import BufferedCursor
 from .errors import CorruptEntryError
 from .invalidation import Invalidator
 from .keys import KeyBuilder
-from .redis_store import CircuitOpen, RedisStore, RedisUnavailable
-from .serialization import decode_entry, encode_entry, encode_parameters
+from .redis_store import CircuitOpen, EntryKeys, LookupReply, RedisStore, RedisUnavailable
+from .serialization import decode_payload, encode_entry, encode_parameters, entry_header
 from .stats import Stats
 from .tables import ALL_TABLES, StatementPlan
 from .write_tracking import TransactionState
@@ -28,24 +33,32 @@ from .write_tracking import TransactionState
 log = logging.getLogger("sa_redis_cache")
 
 PENDING_STORE_ATTR: Final = "_sa_redis_cache_pending_store"
+_FIRST_POLL: Final = 0.002
+_LONGEST_POLL: Final = 0.05
 
 
 @dataclass(frozen=True, slots=True)
 class _TableKeys:
-    versions: list[str]
-    writing: list[str]
+    versions: tuple[str, ...]
+    writing: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """One statement's lookup: its keys and what the scripts are told about it."""
+
+    keys: EntryKeys
+    header: bytes
+    token: str
+    ttl_ms: int
 
 
 @dataclass(frozen=True, slots=True)
 class PendingStore:
     """What a miss needs to store its rows once the statement has run."""
 
-    entry_key: str
-    digest: bytes
-    table_keys: _TableKeys
-    epoch: str
-    versions: tuple[int, ...]
-    ttl_ms: int
+    lookup: _Lookup
+    reply: LookupReply
 
 
 class ReadPath:
@@ -62,6 +75,7 @@ class ReadPath:
         self._invalidator = invalidator
         self._config = config
         self._stats = stats
+        self._lock_ms = int(config.stampede_wait * 1000)
         self._table_keys: dict[frozenset[str], _TableKeys] = {}
 
     def serve(
@@ -91,44 +105,46 @@ class ReadPath:
 
         entry_key, digest = self._keys.entry(statement, encoded)
         table_keys = self._keys_for(plan.tables)
-        ttl_ms = _ttl_seconds(context, self._config.ttl) * 1000
-        try:
-            reply = self._store.lookup(
-                self._keys.clock, entry_key, table_keys.versions, table_keys.writing, ttl_ms
-            )
-        except RedisUnavailable as exc:
-            state.note_uncached_statement()
-            self._stats.count("bypasses" if isinstance(exc, CircuitOpen) else "errors")
-            log.debug("cache lookup failed, reading from the database: %s", exc)
-            return None
-
-        if state.snapshot_clock is None:
+        lookup = _Lookup(
+            EntryKeys(
+                self._keys.clock,
+                entry_key,
+                self._keys.lock(digest),
+                table_keys.versions,
+                table_keys.writing,
+            ),
+            entry_header(digest),
+            os.urandom(8).hex(),
+            _ttl_seconds(context, self._config.ttl) * 1000,
+        )
+        reply = self._lookup(lookup, state)
+        if reply is not None and state.snapshot_clock is None:
             state.snapshot_clock = reply.clock
-        if reply.writer_alive:
-            self._stats.count("bypasses")
+        if reply is not None and _someone_else_computes(reply, state) and self._lock_ms:
+            reply = self._wait_for_other_process(lookup, state)
+        if reply is None:
             return None
-        if any(version > state.snapshot_clock for version in reply.versions):
-            # written since this transaction's snapshot: the database answers as of the snapshot
+        if not _usable(reply, state):
+            # a writer is committing, or the table changed since this transaction's snapshot
+            # (the database answers as of the snapshot): read it, store nothing
             self._stats.count("bypasses")
             return None
 
-        if reply.entry is not None:
+        if reply.corrupt:
+            self._stats.count("errors")
+            log.warning("discarding a corrupt cache entry %s", entry_key)
+        if reply.payload is not None:
             try:
-                entry = decode_entry(reply.entry, digest)
+                entry = decode_payload(reply.payload)
             except CorruptEntryError as exc:
                 self._stats.count("errors")
                 log.warning("discarding a corrupt cache entry %s: %s", entry_key, exc)
             else:
-                if entry.epoch == reply.epoch and entry.versions == reply.versions:
-                    self._stats.count("hits")
-                    return BufferedCursor(entry.description, entry.rows)
+                self._stats.count("hits")
+                return BufferedCursor(entry.description, entry.rows)
 
         self._stats.count("misses")
-        setattr(
-            context,
-            PENDING_STORE_ATTR,
-            PendingStore(entry_key, digest, table_keys, reply.epoch, reply.versions, ttl_ms),
-        )
+        setattr(context, PENDING_STORE_ATTR, PendingStore(lookup, reply))
         return None
 
     def capture_snapshot(self, state: TransactionState) -> None:
@@ -150,35 +166,66 @@ class ReadPath:
         if description is None:
             return
         context.cursor = BufferedCursor(description, rows)  # type: ignore[assignment]
+        lookup, reply = pending.lookup, pending.reply
         try:
-            payload = encode_entry(
-                pending.digest, pending.epoch, pending.versions, description, rows
-            )
+            entry = encode_entry(lookup.header, reply.epoch, reply.versions, description, rows)
         except (TypeError, ValueError, OverflowError) as exc:
-            self._stats.count("bypasses")
+            entry = None
             log.info("result not cached: %s", exc)
-            return
-        if len(payload) > self._config.max_entry_bytes:
-            self._stats.count("bypasses")
-            log.debug("result not cached: %d bytes is over max_entry_bytes", len(payload))
-            return
+        if entry is not None and len(entry) > self._config.max_entry_bytes:
+            log.debug("result not cached: %d bytes is over max_entry_bytes", len(entry))
+            entry = None
         try:
-            stored = self._store.store(
-                self._keys.clock,
-                pending.entry_key,
-                pending.table_keys.versions,
-                pending.table_keys.writing,
-                epoch=pending.epoch,
-                version_values=pending.versions,
-                payload=payload,
-                ttl_ms=pending.ttl_ms,
-            )
+            if entry is None:
+                self._stats.count("bypasses")
+                if reply.locked:  # let the processes waiting for it go to the database now
+                    self._store.release(lookup.keys, lookup.token)
+            elif self._store.store(
+                lookup.keys,
+                epoch=reply.epoch,
+                versions=reply.versions,
+                entry=entry,
+                token=lookup.token,
+                ttl_ms=lookup.ttl_ms,
+            ):
+                self._stats.count("stores")
         except RedisUnavailable as exc:
             self._stats.count("errors")
             log.debug("cache store failed: %s", exc)
-            return
-        if stored:
-            self._stats.count("stores")
+
+    def _lookup(self, lookup: _Lookup, state: TransactionState) -> LookupReply | None:
+        try:
+            return self._store.lookup(
+                lookup.keys,
+                ttl_ms=lookup.ttl_ms,
+                snapshot=state.snapshot_clock,
+                header=lookup.header,
+                token=lookup.token,
+                lock_ms=self._lock_ms,
+            )
+        except RedisUnavailable as exc:
+            state.note_uncached_statement()
+            self._stats.count("bypasses" if isinstance(exc, CircuitOpen) else "errors")
+            log.debug("cache lookup failed, reading from the database: %s", exc)
+            return None
+
+    def _wait_for_other_process(
+        self, lookup: _Lookup, state: TransactionState
+    ) -> LookupReply | None:
+        """Poll until the lock holder's entry appears, the lock is ours, or time is up."""
+        deadline = time.monotonic() + self._config.stampede_wait
+        delay = _FIRST_POLL
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, _LONGEST_POLL)
+            reply = self._lookup(lookup, state)
+            if reply is None or not _someone_else_computes(reply, state):
+                return reply
+        self._stats.count("bypasses")
+        log.debug(
+            "gave up waiting for another process's result after %ss", self._config.stampede_wait
+        )
+        return None
 
     def _bypass_reason(
         self, context: DefaultExecutionContext, plan: StatementPlan, state: TransactionState
@@ -205,12 +252,23 @@ class ReadPath:
         if keys is None:
             ordered = sorted(tables)
             keys = _TableKeys(
-                [self._keys.version(t) for t in ordered],
-                [*(self._keys.writing(t) for t in ordered), self._keys.writing(ALL_TABLES)],
+                tuple(self._keys.version(t) for t in ordered),
+                (*(self._keys.writing(t) for t in ordered), self._keys.writing(ALL_TABLES)),
             )
             if len(self._table_keys) < 65536:
                 self._table_keys[tables] = keys
         return keys
+
+
+def _usable(reply: LookupReply, state: TransactionState) -> bool:
+    """May this transaction serve or store the entry? Not while a writer of one of its tables is
+    committing, nor if a table changed after the transaction's snapshot."""
+    snapshot = reply.clock if state.snapshot_clock is None else state.snapshot_clock
+    return not reply.writer_alive and all(version <= snapshot for version in reply.versions)
+
+
+def _someone_else_computes(reply: LookupReply, state: TransactionState) -> bool:
+    return reply.payload is None and not reply.locked and _usable(reply, state)
 
 
 def caching_enabled(context: DefaultExecutionContext) -> bool:

@@ -50,57 +50,89 @@ local function writer_alive(key)
 end
 """
 
-# KEYS: clock, entry, n version keys, n + 1 writing markers (the last: all tables)
-# ARGV: epoch for a new clock, ttl (ms) of keys created here, n
-# -> {epoch, counter, writer alive (0/1), entry or nil, version 1, ..., version n}
+# KEYS: clock, entry, lock, n version keys, n + 1 writing markers (the last: all tables)
+# ARGV: epoch for a new clock, ttl (ms) of keys created here, n, the transaction's snapshot counter
+#       ('' before its first lookup), entry header, lock token, lock ttl (ms; 0: no lock)
+# -> {epoch, counter, writer alive (0/1), payload or nil, locked (0/1), corrupt (0/1), v1, ..., vn}
+# The payload comes back only if the entry was written for this key, in this format, against these
+# exact versions; otherwise, if the result may be stored at all, the caller tries to take the lock.
 LOOKUP_LUA: Final = (
     _ENSURE_CLOCK
     + _WRITER_ALIVE
     + """
 local n = tonumber(ARGV[3])
-local reply = {epoch, 0, 0, redis.call('GET', KEYS[2])}
+local versions = {}
 for i = 1, n do
-  local v = redis.call('GET', KEYS[2 + i])
+  local v = redis.call('GET', KEYS[3 + i])
   if not v then
     -- unknown history: the current counter is safe (every write bumps to a newer value, so no
     -- entry recorded this value for this table unless it was computed after the table's last write)
     v = redis.call('HGET', KEYS[1], 'n')
-    redis.call('SET', KEYS[2 + i], v, 'PX', ARGV[2])
+    redis.call('SET', KEYS[3 + i], v, 'PX', ARGV[2])
   end
-  reply[4 + i] = tonumber(v)
+  versions[i] = v
 end
-for i = n + 3, #KEYS do
-  if writer_alive(KEYS[i]) then reply[3] = 1 end
+local counter = tonumber(redis.call('HGET', KEYS[1], 'n'))
+local snapshot = tonumber(ARGV[4]) or counter
+local reply = {epoch, counter, 0, false, 0, 0}
+local usable = true
+for i = n + 4, #KEYS do
+  if writer_alive(KEYS[i]) then reply[3] = 1; usable = false end
 end
-reply[2] = tonumber(redis.call('HGET', KEYS[1], 'n'))
+for i = 1, n do
+  reply[6 + i] = tonumber(versions[i])
+  if tonumber(versions[i]) > snapshot then usable = false end
+end
+if not usable then return reply end
+local entry = redis.call('GET', KEYS[2])
+local head = ARGV[5] .. epoch .. ':' .. table.concat(versions, ',') .. ';'
+if entry and string.sub(entry, 1, #head) == head then
+  reply[4] = string.sub(entry, #head + 1)
+  return reply
+end
+if entry and string.sub(entry, 1, #ARGV[5]) ~= ARGV[5] then reply[6] = 1 end
+if tonumber(ARGV[7]) > 0 and redis.call('SET', KEYS[3], ARGV[6], 'NX', 'PX', ARGV[7]) then
+  reply[5] = 1
+end
 return reply
 """
 )
 
+_RELEASE_LOCK: Final = """
+local function release_lock(token)
+  if redis.call('GET', KEYS[3]) == token then redis.call('DEL', KEYS[3]) end
+end
+"""
+
 # KEYS: as LOOKUP
-# ARGV: epoch, entry ttl (ms), n, entry bytes, version 1, ..., version n
-# -> 1 if stored, 0 if anything it depends on moved since the lookup
+# ARGV: epoch, entry ttl (ms), n, entry bytes, lock token, version 1, ..., version n
+# -> 1 if stored, 0 if anything it depends on moved since the lookup (the lock is released anyway)
 STORE_LUA: Final = (
     _WRITER_ALIVE
+    + _RELEASE_LOCK
     + """
 local n = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[2])
+release_lock(ARGV[5])
 if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
 for i = 1, n do
-  if redis.call('GET', KEYS[2 + i]) ~= ARGV[4 + i] then return 0 end
+  if redis.call('GET', KEYS[3 + i]) ~= ARGV[5 + i] then return 0 end
 end
-for i = n + 3, #KEYS do
+for i = n + 4, #KEYS do
   if writer_alive(KEYS[i]) then return 0 end
 end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
 -- what the entry depends on must not expire before it (an early expiry is safe, only wasteful)
 for i = 1, n do
-  if redis.call('PTTL', KEYS[2 + i]) < ttl then redis.call('PEXPIRE', KEYS[2 + i], ttl) end
+  if redis.call('PTTL', KEYS[3 + i]) < ttl then redis.call('PEXPIRE', KEYS[3 + i], ttl) end
 end
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 """
 )
+
+# KEYS: clock, entry, lock; ARGV: lock token
+RELEASE_LUA: Final = _RELEASE_LOCK + "release_lock(ARGV[1])\nreturn 1\n"
 
 # KEYS: clock, n version keys, m writing markers
 # ARGV: epoch for a new clock, ttl (ms), n, mode ('announce' | 'finish' | 'publish'),
@@ -140,8 +172,26 @@ class LookupReply(NamedTuple):
     epoch: str
     clock: int
     writer_alive: bool
-    entry: bytes | None
+    payload: bytes | None
+    """The entry's payload, only if it is valid for this key and these versions."""
+    locked: bool
+    """This caller took the lock: it computes the result and stores it."""
+    corrupt: bool
+    """An entry was there but is not one of ours (garbage, another key's, another format)."""
     versions: tuple[int, ...]
+
+
+class EntryKeys(NamedTuple):
+    """The keys one cached statement touches, in the order the scripts expect them."""
+
+    clock: str
+    entry: str
+    lock: str
+    versions: Sequence[str]
+    writing: Sequence[str]
+
+    def all(self) -> list[str]:
+        return [self.clock, self.entry, self.lock, *self.versions, *self.writing]
 
 
 class CircuitBreaker:
@@ -182,15 +232,28 @@ class RedisStore:
         self.breaker = CircuitBreaker(retry_after)
         self._lookup = client.register_script(LOOKUP_LUA)
         self._store = client.register_script(STORE_LUA)
+        self._release = client.register_script(RELEASE_LUA)
         self._bump = client.register_script(BUMP_LUA)
 
     def lookup(
-        self, clock: str, entry: str, versions: Sequence[str], writing: Sequence[str], ttl_ms: int
+        self,
+        keys: EntryKeys,
+        *,
+        ttl_ms: int,
+        snapshot: int | None,
+        header: bytes,
+        token: str,
+        lock_ms: int,
     ) -> LookupReply:
-        keys = [clock, entry, *versions, *writing]
-        raw = self._call(self._lookup, keys, [new_epoch(), ttl_ms, len(versions)])
+        args = [
+            new_epoch(), ttl_ms, len(keys.versions), "" if snapshot is None else snapshot,
+            header, token, lock_ms,
+        ]  # fmt: skip
+        raw = self._call(self._lookup, keys.all(), args)
         epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
-        return LookupReply(epoch, int(raw[1]), bool(raw[2]), raw[3], tuple(raw[4:]))
+        return LookupReply(
+            epoch, int(raw[1]), bool(raw[2]), raw[3], bool(raw[4]), bool(raw[5]), tuple(raw[6:])
+        )
 
     def clock(self, clock: str) -> int:
         """The current write counter (0 if the clock does not exist yet)."""
@@ -199,19 +262,21 @@ class RedisStore:
 
     def store(
         self,
-        clock: str,
-        entry: str,
-        versions: Sequence[str],
-        writing: Sequence[str],
+        keys: EntryKeys,
         *,
         epoch: str,
-        version_values: Sequence[int],
-        payload: bytes,
+        versions: Sequence[int],
+        entry: bytes,
+        token: str,
         ttl_ms: int,
     ) -> bool:
-        keys = [clock, entry, *versions, *writing]
-        args = [epoch, ttl_ms, len(versions), payload, *version_values]
-        return bool(self._call(self._store, keys, args))
+        """Store ``entry`` if nothing moved since the lookup; releases the lock either way."""
+        args = [epoch, ttl_ms, len(keys.versions), entry, token, *versions]
+        return bool(self._call(self._store, keys.all(), args))
+
+    def release(self, keys: EntryKeys, token: str) -> None:
+        """Give the lock up without storing (the result turned out not to be storable)."""
+        self._call(self._release, [keys.clock, keys.entry, keys.lock], [token])
 
     def bump(
         self,

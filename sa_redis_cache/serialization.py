@@ -27,8 +27,6 @@ Description = tuple[tuple[Any, ...], ...]
 
 
 class Entry(NamedTuple):
-    epoch: str
-    versions: tuple[int, ...]
     description: Description
     rows: tuple[Row, ...]
 
@@ -97,37 +95,41 @@ def encode_parameters(parameters: Any) -> bytes:
     return _pack(parameters)
 
 
+def entry_header(key_digest: bytes) -> bytes:
+    """What every entry stored under the key with this digest starts with: the format version and
+    the digest, so that an entry of another format or copied from another key is recognised."""
+    return b"SRC%d|%s|" % (FORMAT_VERSION, key_digest.hex().encode())
+
+
+def entry_signature(epoch: str, versions: Sequence[int]) -> bytes:
+    """After the header: the epoch and table versions the result was computed against. The lookup
+    script rebuilds it from the current versions and hands out the payload only on a match."""
+    return f"{epoch}:{','.join(map(str, versions))};".encode()
+
+
 def encode_entry(
-    key_digest: bytes,
+    header: bytes,
     epoch: str,
     versions: Sequence[int],
     description: Sequence[Sequence[Any]],
     rows: Sequence[Sequence[Any]],
 ) -> bytes:
-    """An entry: format version, the digest of its own key, the versions it was computed against,
-    and the raw result. TypeError if a value has no faithful encoding."""
-    return _pack([FORMAT_VERSION, key_digest, epoch, list(versions), description, rows])
+    """A whole entry: header, signature, then the raw result as msgpack.
+    TypeError if a value has no faithful encoding."""
+    return header + entry_signature(epoch, versions) + _pack([FORMAT_VERSION, description, rows])
 
 
-def decode_entry(data: bytes, key_digest: bytes) -> Entry:
-    """Decode an entry found under the key whose digest is ``key_digest``.
-
-    Raises CorruptEntryError for anything that is not an intact entry of this format written for
-    this very key (garbage, another format version, an entry copied from another key).
-    """
+def decode_payload(payload: bytes) -> Entry:
+    """Decode the payload the lookup script returned. CorruptEntryError if it is not intact."""
     try:
-        fields = _unpack(data)
+        fields = _unpack(payload)
     except CorruptEntryError:
         raise
     except Exception as exc:  # msgpack raises several types for malformed input
         raise CorruptEntryError(f"undecodable entry: {exc}") from exc
-    if not isinstance(fields, tuple) or len(fields) != 6:
-        raise CorruptEntryError("not a cache entry")
-    version, digest, epoch, versions, description, rows = fields
-    if version != FORMAT_VERSION:
-        raise CorruptEntryError(f"entry format {version!r}, expected {FORMAT_VERSION}")
-    if digest != key_digest:
-        raise CorruptEntryError("entry was written for another key")
-    if not (isinstance(epoch, str) and isinstance(versions, tuple) and isinstance(rows, tuple)):
+    if not isinstance(fields, tuple) or len(fields) != 3 or fields[0] != FORMAT_VERSION:
+        raise CorruptEntryError("not a cache entry of this format")
+    _, description, rows = fields
+    if not isinstance(rows, tuple) or not isinstance(description, tuple):
         raise CorruptEntryError("malformed entry")
-    return Entry(epoch, versions, description, rows)
+    return Entry(description, rows)

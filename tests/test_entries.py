@@ -19,7 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sa_redis_cache import QueryCache
 from sa_redis_cache.errors import CorruptEntryError
-from sa_redis_cache.serialization import FORMAT_VERSION, decode_entry, encode_entry
+from sa_redis_cache.serialization import (
+    FORMAT_VERSION,
+    decode_payload,
+    encode_entry,
+    entry_header,
+    entry_signature,
+)
 from tests.conftest import DatabaseReads
 from tests.models import Department, Employee
 
@@ -34,18 +40,21 @@ ROW_VALUES: list[Any] = [
 
 def test_every_driver_value_type_round_trips_exactly() -> None:
     description = (("c", 3, None, None, None, None, True),)
-    encoded = encode_entry(b"digest", "epoch", [1, 2], description, [tuple(ROW_VALUES)])
-    entry = decode_entry(encoded, b"digest")
+    header = entry_header(b"digest")
+    encoded = encode_entry(header, "epoch", [1, 2], description, [tuple(ROW_VALUES)])
+    prefix = header + entry_signature("epoch", [1, 2])
+    assert encoded.startswith(prefix)
+    entry = decode_payload(encoded[len(prefix) :])
+    assert entry.description == description
     [row] = entry.rows
     assert list(row) == ROW_VALUES
     expected_types = [bytes if type(v) is bytearray else type(v) for v in ROW_VALUES]
     assert [type(v) for v in row] == expected_types
-    assert entry.versions == (1, 2) and entry.epoch == "epoch"
 
 
 def test_values_without_a_faithful_encoding_are_refused() -> None:
     with pytest.raises(TypeError):
-        encode_entry(b"d", "e", [], (), [(object(),)])
+        encode_entry(entry_header(b"d"), "e", [], (), [(object(),)])
 
 
 class WritesAFile:
@@ -62,7 +71,7 @@ def hostile_payloads(tmp_path: Path, valid_other_key: bytes) -> dict[str, bytes]
         "empty": b"",
         "pickle that writes a file": pickle.dumps(WritesAFile()),
         "entry of another key": valid_other_key,
-        "old format version": msgpack.packb([FORMAT_VERSION - 1, b"x", "e", [], [], []]),
+        "old format version": b"SRC%d|" % (FORMAT_VERSION - 1) + valid_other_key.split(b"|", 1)[1],
         "unknown value type": msgpack.packb(msgpack.ExtType(99, b"x")),
         "truncated": valid_other_key[: len(valid_other_key) // 2],
     }
@@ -118,7 +127,10 @@ def test_hostile_entry_is_a_logged_counted_miss(
     assert reads.count == 0
 
 
-def test_decode_rejects_entry_written_for_another_key() -> None:
-    encoded = encode_entry(b"one", "e", [], (), [])
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\xc1", msgpack.packb([FORMAT_VERSION + 1, (), ()]), msgpack.packb([FORMAT_VERSION])],
+)
+def test_decode_rejects_what_is_not_a_payload_of_this_format(payload: bytes) -> None:
     with pytest.raises(CorruptEntryError):
-        decode_entry(encoded, b"two")
+        decode_payload(payload)

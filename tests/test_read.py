@@ -261,7 +261,7 @@ def test_uncached_tables_are_read_from_the_database(engine: Any, redis_url: str)
 
 @pytest.mark.usefixtures("seeded")
 def test_results_over_the_size_limit_are_served_but_not_stored(engine: Any, redis_url: str) -> None:
-    cache = QueryCache.from_url(redis_url, namespace="test-size", max_entry_bytes=64)
+    cache = QueryCache.from_url(redis_url, namespace="test-size", max_entry_bytes=256)
     cache.install(engine)
     db_reads = DatabaseReads(engine)
     try:
