@@ -1,0 +1,266 @@
+"""Consistency checker: can anybody catch the cache serving stale data?
+
+Writer processes commit increasing counters to a few parent and child rows and record when each
+commit returned. Reader processes read through the cache (2.0 select, legacy Query, a join of the
+two tables, a relationship load) and record when each read started and what it saw. A read is
+stale if it saw a counter lower than one whose commit had returned before the read started. The
+cache's hit rate is reported too, so that a run in which the cache served nothing cannot pass.
+
+Every process builds its own engine and cache, as separate app servers would. Times come from
+CLOCK_MONOTONIC, which all processes on one machine share.
+
+    python -m tests.consistency --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ForeignKey, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from sa_redis_cache import QueryCache
+from tests.conftest import caching_sessionmaker
+
+PARENTS = 3
+CHILDREN_PER_PARENT = 2
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Parent(Base):
+    __tablename__ = "cc_parent"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int]
+    children: Mapped[list[Child]] = relationship(back_populates="parent", order_by="Child.id")
+
+
+class Child(Base):
+    __tablename__ = "cc_child"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("cc_parent.id"))
+    n: Mapped[int]
+    parent: Mapped[Parent] = relationship(back_populates="children")
+
+
+@dataclass
+class Settings:
+    database_url: str
+    redis_url: str
+    namespace: str
+    readers: int = 4
+    writers: int = 2
+    reads_per_reader: int | None = 5000
+    seconds: float | None = None
+    writer_pause: float = 0.03
+    log_dir: str = ""
+
+
+@dataclass
+class Report:
+    reads: int = 0
+    commits: int = 0
+    stale: list[dict[str, Any]] = field(default_factory=list)
+    hits: int = 0
+    misses: int = 0
+    bypasses: int = 0
+    errors: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        served = self.hits + self.misses + self.bypasses
+        return self.hits / served if served else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.reads} reads, {self.commits} commits, {len(self.stale)} stale, "
+            f"hit rate {self.hit_rate:.1%} (hits {self.hits}, misses {self.misses}, "
+            f"bypasses {self.bypasses}, errors {self.errors})"
+        )
+
+
+def prepare(settings: Settings) -> None:
+    engine = create_engine(settings.database_url)
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        for p in range(1, PARENTS + 1):
+            session.add(Parent(id=p, n=0))
+            for c in range(CHILDREN_PER_PARENT):
+                session.add(Child(id=p * 10 + c, parent_id=p, n=0))
+        session.commit()
+    engine.dispose()
+
+
+def child_ids() -> list[int]:
+    return [p * 10 + c for p in range(1, PARENTS + 1) for c in range(CHILDREN_PER_PARENT)]
+
+
+def _cached(settings: Settings) -> tuple[Any, QueryCache]:
+    engine = create_engine(settings.database_url)
+    cache = QueryCache.from_url(settings.redis_url, namespace=settings.namespace)
+    cache.install(engine)
+    return engine, cache
+
+
+def writer(settings: Settings, index: int, done: Any) -> None:
+    engine, _ = _cached(settings)
+    make_session = caching_sessionmaker(engine)
+    rng = random.Random(index)
+    log: list[tuple[str, int, int, int]] = []  # (table, id, value, commit returned at)
+    while not done.is_set():
+        with make_session() as session:
+            if rng.random() < 0.5:
+                row: Parent | Child | None = session.get(
+                    Child, rng.choice(child_ids()), with_for_update=True
+                )
+                table = "child"
+            else:
+                row = session.get(Parent, rng.randint(1, PARENTS), with_for_update=True)
+                table = "parent"
+            assert row is not None
+            row.n += 1
+            value, row_id = row.n, row.id
+            session.commit()
+            log.append((table, row_id, value, time.monotonic_ns()))
+        time.sleep(settings.writer_pause)  # pacing, so that readers can hit between writes
+    Path(settings.log_dir, f"writer-{index}.json").write_text(json.dumps(log))
+    engine.dispose()
+
+
+def reader(settings: Settings, index: int, done: Any) -> None:
+    engine, cache = _cached(settings)
+    make_session = caching_sessionmaker(engine)
+    rng = random.Random(1000 + index)
+    log: list[tuple[str, str, int, int, int]] = []  # (kind, table, id, value, read started at)
+    deadline = time.monotonic() + settings.seconds if settings.seconds else None
+    count = 0
+    while (settings.reads_per_reader is None or count < settings.reads_per_reader) and (
+        deadline is None or time.monotonic() < deadline
+    ):
+        count += 1
+        kind = count % 4
+        started = time.monotonic_ns()
+        with make_session() as session:
+            if kind == 0:  # 2.0 select
+                cid = rng.choice(child_ids())
+                n = session.scalar(select(Child.n).where(Child.id == cid))
+                log.append(("select", "child", cid, int(n or 0), started))
+            elif kind == 1:  # legacy Query
+                pid = rng.randint(1, PARENTS)
+                parent = session.query(Parent).filter(Parent.id == pid).one()
+                log.append(("query", "parent", pid, parent.n, started))
+            elif kind == 2:  # a join of the two tables
+                cid = rng.choice(child_ids())
+                child_n, parent_n, pid = session.execute(
+                    select(Child.n, Parent.n, Parent.id).join(Child.parent).where(Child.id == cid)
+                ).one()
+                log.append(("join", "child", cid, child_n, started))
+                log.append(("join", "parent", pid, parent_n, started))
+            else:  # a relationship load
+                pid = rng.randint(1, PARENTS)
+                loaded = session.get(Parent, pid)
+                assert loaded is not None
+                for child in loaded.children:
+                    log.append(("relationship", "child", child.id, child.n, started))
+    Path(settings.log_dir, f"reader-{index}.json").write_text(
+        json.dumps({"log": log, "reads": count, "stats": cache.stats()})
+    )
+    done.set()  # the first reader to finish stops the writers; the others finish their count
+    engine.dispose()
+
+
+def check(settings: Settings) -> Report:
+    report = Report()
+    commits: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
+    for path in Path(settings.log_dir).glob("writer-*.json"):
+        for table, row_id, value, returned in json.loads(path.read_text()):
+            commits[(table, row_id)].append((returned, value))
+            report.commits += 1
+    for history in commits.values():
+        history.sort()
+    for path in Path(settings.log_dir).glob("reader-*.json"):
+        data = json.loads(path.read_text())
+        report.reads += data["reads"]
+        for name in ("hits", "misses", "bypasses", "errors"):
+            setattr(report, name, getattr(report, name) + data["stats"][name])
+        for kind, table, row_id, seen, started in data["log"]:
+            committed_before = [v for returned, v in commits[(table, row_id)] if returned < started]
+            if committed_before and seen < max(committed_before):
+                report.stale.append(
+                    {"kind": kind, "table": table, "id": row_id, "seen": seen,
+                     "expected_at_least": max(committed_before)}
+                )  # fmt: skip
+    return report
+
+
+def run(settings: Settings) -> Report:
+    prepare(settings)
+    ctx = multiprocessing.get_context("spawn")
+    done = ctx.Event()
+    processes = [
+        ctx.Process(target=writer, args=(settings, i, done)) for i in range(settings.writers)
+    ]
+    processes += [
+        ctx.Process(target=reader, args=(settings, i, done)) for i in range(settings.readers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"a checker process exited with {process.exitcode}")
+    return check(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=1.0)
+    parser.add_argument("--readers", type=int, default=4)
+    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "SA_REDIS_CACHE_CONSISTENCY_URL", "mysql+mysqldb://root@127.0.0.1:3306/test"
+        ),
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("SA_REDIS_CACHE_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as log_dir:
+        settings = Settings(
+            database_url=args.database_url,
+            redis_url=args.redis_url,
+            namespace=f"consistency-{uuid.uuid4().hex[:8]}",
+            readers=args.readers,
+            writers=args.writers,
+            reads_per_reader=None,
+            seconds=args.minutes * 60,
+            log_dir=log_dir,
+        )
+        report = run(settings)
+        QueryCache.from_url(args.redis_url, namespace=settings.namespace).clear()
+    print(report.summary())
+    for stale in report.stale[:20]:
+        print("STALE", stale)
+    return 1 if report.stale or report.hit_rate < 0.5 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

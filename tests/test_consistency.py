@@ -1,0 +1,35 @@
+"""The consistency checker, bounded: several writer and reader processes on MariaDB and Redis;
+zero stale reads, and a hit rate that shows the cache served most reads."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from sa_redis_cache import QueryCache
+from tests.consistency import Settings, run
+
+
+def test_no_stale_reads_under_concurrent_writers(
+    mysql_url: URL, redis_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=mysql_url.render_as_string(hide_password=False),
+        redis_url=redis_url,
+        namespace=f"test-consistency-{uuid.uuid4().hex[:8]}",
+        readers=4,
+        writers=2,
+        reads_per_reader=5000,
+        log_dir=str(tmp_path),
+    )
+    try:
+        report = run(settings)
+    finally:
+        QueryCache.from_url(redis_url, namespace=settings.namespace).clear()
+    print(report.summary())
+    assert report.reads >= 20_000
+    assert report.commits >= 50
+    assert report.stale == []
+    assert report.hit_rate >= 0.5, report.summary()
