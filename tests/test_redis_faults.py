@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sa_redis_cache import QueryCache
@@ -89,15 +89,19 @@ def test_frozen_redis_costs_one_timeout_then_nothing(
     assert CountingClient.calls == calls + 1
     assert cache.stats()["errors"] >= 1
     redis_server.thaw()
+    cache._store.breaker = type(cache._store.breaker)(0.05)  # retry soon instead of in 60 s
+    assert read_until_cache_recovers(cached, cache, "frozen")[0] == "frozen"
 
 
-def read_until_cache_recovers(cached: sessionmaker[Session], cache: QueryCache) -> list[str]:
+def read_until_cache_recovers(
+    cached: sessionmaker[Session], cache: QueryCache, expected: str = "after"
+) -> list[str]:
     """Read until the breaker lets Redis back in and a fresh entry is stored and hit; every read
     on the way must be right."""
     start = cache.stats()
     deadline = time.monotonic() + 10
     while True:
-        assert names(cached)[0] == "after", "served a stale entry"
+        assert names(cached)[0] == expected, "served a stale entry"
         now = cache.stats()
         if now["stores"] > start["stores"] and now["hits"] > start["hits"]:
             return names(cached)
@@ -165,3 +169,29 @@ def test_evicted_version_keys_never_revive_old_entries(
         assert names(cached)[0] == "after"
     finally:
         cache.uninstall(engine)
+
+
+def test_eviction_under_memory_pressure_never_serves_stale(engine: Engine, tmp_path: Path) -> None:
+    """allkeys-lru evicts entries, version keys and the clock alike while writes go on."""
+    server = RedisServer(tmp_path, "--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru")
+    server.start()
+    cache = cache_on(server.url)
+    cache.install(engine)
+    try:
+        cached, plain = caching_sessionmaker(engine), sessionmaker(engine)
+        padding = "x" * 10_000  # makes every entry big, so that memory runs out quickly
+        for i in range(400):
+            if i % 7 == 0:
+                rename(cached, f"name {i}")
+            statement = select(Employee.name, literal(f"{padding}{i}")).order_by(Employee.id)
+            for _ in range(2):  # a miss, then (unless evicted or invalidated) a hit
+                with cached() as session:
+                    got = session.execute(statement).all()
+                with plain() as session:
+                    assert got == session.execute(statement).all(), f"stale at step {i}"
+        info = redis.Redis(port=server.port).info("stats")
+        assert info["evicted_keys"] > 0
+        assert cache.stats()["hits"] > 0
+    finally:
+        cache.uninstall(engine)
+        server.kill()
