@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ForeignKey, create_engine, select
+from sqlalchemy import ForeignKey, create_engine, make_url, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from sa_redis_cache import QueryCache
@@ -94,6 +94,12 @@ class Report:
 
 
 def prepare(settings: Settings) -> None:
+    url = make_url(settings.database_url)
+    if url.get_backend_name() in ("mysql", "mariadb") and url.database:
+        server = create_engine(url.set(database=""))
+        with server.begin() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS `{url.database}`")
+        server.dispose()
     engine = create_engine(settings.database_url)
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
@@ -235,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
-            "SA_REDIS_CACHE_CONSISTENCY_URL", "mysql+mysqldb://root@127.0.0.1:3306/test"
+            "SA_REDIS_CACHE_CONSISTENCY_URL",
+            "mysql+mysqldb://root@127.0.0.1:3306/sa_redis_cache_consistency",
         ),
     )
     parser.add_argument(
