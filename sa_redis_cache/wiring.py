@@ -30,7 +30,7 @@ from .keys import KeyBuilder
 from .reads import PENDING_STORE_ATTR, ReadPath, caching_enabled
 from .redis_store import RedisStore
 from .stats import Stats
-from .tables import StatementKind, StatementPlan, TableDetector
+from .tables import ALL_TABLES, StatementKind, StatementPlan, TableDetector
 from .write_tracking import TransactionStates
 
 log = logging.getLogger("sa_redis_cache")
@@ -130,8 +130,9 @@ class EngineWiring:
         state.record_writes(plan.tables)
         if self._dml_takes_snapshot or plan.kind is StatementKind.DDL:
             state.note_uncached_statement()
+        # DDL commits implicitly on MySQL; autocommit writes are committed already. (SQLAlchemy has
+        # no public way to ask a Connection whether it autocommits without a database round trip.)
         if plan.kind is StatementKind.DDL or connection._is_autocommit_isolation():
-            # DDL commits implicitly on MySQL; autocommit writes are committed already
             setattr(context, _PUBLISH_ATTR, plan)
         return False
 
@@ -144,7 +145,7 @@ class EngineWiring:
             return StatementPlan(StatementKind.WRITE, frozenset({name}))
         plan = self.detector.plan(statement)
         if context.isddl and plan.kind is not StatementKind.DDL:
-            return StatementPlan(StatementKind.DDL, plan.tables or frozenset({"*"}))
+            return StatementPlan(StatementKind.DDL, plan.tables or frozenset({ALL_TABLES}))
         return plan
 
     def _after_execute(

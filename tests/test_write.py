@@ -286,3 +286,25 @@ def test_write_through_uninstalled_engine_is_the_documented_limit(
     query_cache.invalidate("project")
     with cached() as session:
         assert session.scalar(select(func.count()).select_from(Project)) == 2
+
+
+def test_autocommit_writes_are_published_when_they_run(
+    mariadb: Engine, seeded_mariadb: Engine, query_cache: QueryCache, mysql_url: Any
+) -> None:
+    """Under AUTOCOMMIT a write is visible the moment it runs, long before any commit()."""
+    from sqlalchemy import create_engine
+
+    autocommit = create_engine(mysql_url, isolation_level="AUTOCOMMIT")
+    query_cache.install(mariadb)
+    query_cache.install(autocommit)
+    try:
+        cached = caching_sessionmaker(mariadb)
+        with cached() as session:
+            assert names(session)[0] == "ann"
+        with autocommit.connect() as conn:
+            conn.execute(update(Employee.__table__).where(Employee.id == 1).values(name="auto"))
+            with cached() as session:  # the connection has not even been closed yet
+                assert names(session)[0] == "auto"
+    finally:
+        query_cache.uninstall(autocommit)
+        autocommit.dispose()
