@@ -10,7 +10,9 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,22 @@ class DatabaseReads:
     def close(self) -> None:
         event.remove(self.engine, "do_execute", self._execute)
         event.remove(self.engine, "do_execute_no_params", self._execute_no_params)
+
+
+@contextmanager
+def cache_with(
+    engine: Engine, redis_url: str, **options: Any
+) -> Iterator[tuple[QueryCache, DatabaseReads]]:
+    """A cache with options of its own on a fresh namespace, and a counter of database reads."""
+    cache = QueryCache.from_url(redis_url, namespace=f"test-{uuid.uuid4().hex[:12]}", **options)
+    cache.install(engine)
+    reads = DatabaseReads(engine)
+    try:
+        yield cache, reads
+    finally:
+        reads.close()
+        cache.uninstall(engine)
+        cache.clear()
 
 
 @pytest.fixture

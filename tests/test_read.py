@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker, subqueryload
 
 from sa_redis_cache import QueryCache
-from tests.conftest import DatabaseReads, caching_sessionmaker
+from tests.conftest import DatabaseReads, cache_with, caching_sessionmaker
 from tests.models import Department, Employee, Manager, Person, Project
 
 Read = Callable[[Session], Any]
@@ -242,41 +242,25 @@ def test_locking_reads_are_not_cached(
 
 @pytest.mark.usefixtures("seeded")
 def test_uncached_tables_are_read_from_the_database(engine: Any, redis_url: str) -> None:
-    cache = QueryCache.from_url(redis_url, namespace="test-uncached", uncached_tables=["Project"])
-    cache.install(engine)
-    db_reads = DatabaseReads(engine)
-    try:
-        session_factory = sessionmaker(engine, execution_options={"redis_cache": True})
+    with cache_with(engine, redis_url, uncached_tables=["Project"]) as (_, db_reads):
         for _ in range(2):
-            with session_factory() as session:
+            with caching_sessionmaker(engine)() as session:
                 session.scalars(select(Project)).all()
                 session.scalars(select(Department)).all()
-        assert sum("FROM project" in s for s in db_reads.statements) == 2
-        assert sum("FROM department" in s for s in db_reads.statements) == 1
-    finally:
-        db_reads.close()
-        cache.uninstall(engine)
-        cache.clear()
+    assert sum("FROM project" in s for s in db_reads.statements) == 2
+    assert sum("FROM department" in s for s in db_reads.statements) == 1
 
 
 @pytest.mark.usefixtures("seeded")
 def test_results_over_the_size_limit_are_served_but_not_stored(engine: Any, redis_url: str) -> None:
-    cache = QueryCache.from_url(redis_url, namespace="test-size", max_entry_bytes=256)
-    cache.install(engine)
-    db_reads = DatabaseReads(engine)
-    try:
-        session_factory = sessionmaker(engine, execution_options={"redis_cache": True})
+    with cache_with(engine, redis_url, max_entry_bytes=256) as (cache, db_reads):
         for _ in range(2):
-            with session_factory() as session:
+            with caching_sessionmaker(engine)() as session:
                 assert len(session.scalars(select(Employee)).all()) == 3  # big: not stored
                 assert session.scalar(select(func.count(Project.id))) == 1  # small: stored
-        assert sum("FROM employee" in s for s in db_reads.statements) == 2
-        assert sum("FROM project" in s for s in db_reads.statements) == 1
         assert cache.stats()["bypasses"] == 2
-    finally:
-        db_reads.close()
-        cache.uninstall(engine)
-        cache.clear()
+    assert sum("FROM employee" in s for s in db_reads.statements) == 2
+    assert sum("FROM project" in s for s in db_reads.statements) == 1
 
 
 @pytest.mark.usefixtures("seeded")
