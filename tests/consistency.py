@@ -15,6 +15,8 @@ CLOCK_MONOTONIC, which all processes on one machine share.
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import json
 import multiprocessing
 import os
@@ -197,19 +199,24 @@ def check(settings: Settings) -> Report:
         for table, row_id, value, returned in json.loads(path.read_text()):
             commits[(table, row_id)].append((returned, value))
             report.commits += 1
-    for history in commits.values():
+    # per row: commit return times, and the highest value committed up to each of them
+    returned_at: dict[tuple[str, int], list[int]] = {}
+    highest: dict[tuple[str, int], list[int]] = {}
+    for row, history in commits.items():
         history.sort()
+        returned_at[row] = [returned for returned, _ in history]
+        highest[row] = list(itertools.accumulate((v for _, v in history), max))
     for path in Path(settings.log_dir).glob("reader-*.json"):
         data = json.loads(path.read_text())
         report.reads += data["reads"]
         for name in ("hits", "misses", "bypasses", "errors"):
             setattr(report, name, getattr(report, name) + data["stats"][name])
         for kind, table, row_id, seen, started in data["log"]:
-            committed_before = [v for returned, v in commits[(table, row_id)] if returned < started]
-            if committed_before and seen < max(committed_before):
+            returned = bisect.bisect_left(returned_at.get((table, row_id), []), started)
+            if returned and seen < (expected := highest[(table, row_id)][returned - 1]):
                 report.stale.append(
                     {"kind": kind, "table": table, "id": row_id, "seen": seen,
-                     "expected_at_least": max(committed_before)}
+                     "expected_at_least": expected}
                 )  # fmt: skip
     return report
 
