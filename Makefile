@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo serve test lint
+.PHONY: demo serve test bench lint
 
 $(VENV)/.demo-installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,7 +14,7 @@ $(VENV)/.dev-installed: pyproject.toml
 	scripts/install-system-deps.sh
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[demo,dev]'
+	$(VENV)/bin/pip install -q -e '.[demo,dev,bench]'
 	touch $@ $(VENV)/.demo-installed
 
 ## demo: the scripted walkthrough on the embedded defaults (SQLite file + in-process Redis)
@@ -28,6 +28,10 @@ serve: $(VENV)/.demo-installed
 ## test: the whole suite (needs MariaDB on 127.0.0.1:3306 and Redis on 127.0.0.1:6379)
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest
+
+## bench: the benchmark at full size (a few minutes); writes docs/benchmarks.md and .png
+bench: $(VENV)/.dev-installed
+	$(PY) -m bench
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .

@@ -22,6 +22,7 @@ def test_no_stale_reads_under_concurrent_writers(
         readers=4,
         writers=2,
         reads_per_reader=5000,
+        writer_pause=0.05,
         log_dir=str(tmp_path),
     )
     try:
