@@ -1,0 +1,1 @@
+"""Benchmarks for sa_redis_cache on the seed's schema: ``python -m bench`` (``--help``)."""

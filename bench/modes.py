@@ -1,0 +1,137 @@
+"""The modes compared side by side, each on an engine of its own.
+
+- ``no cache``: plain SQLAlchemy.
+- ``cold``: sa_redis_cache on a miss (the entry is deleted before each request, untimed), store
+  included.
+- ``hot``: sa_redis_cache on a hit.
+- ``floor``: the same ORM query fed from rows held in process memory, plus one Redis GET of bytes
+  as long as the cached entry: the best any Redis-backed cache can do.
+- ``dogpile``: the pattern of SQLAlchemy's ``examples/dogpile_caching`` as a peer: a pickled
+  ``FrozenResult`` per ORM statement, merged into the session on a hit (no invalidation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import redis
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+from sqlalchemy.orm.loading import merge_frozen_result
+
+from sa_redis_cache import QueryCache
+from sa_redis_cache.cursor import BufferedCursor
+
+NAMESPACE = "bench"
+
+
+@dataclass
+class Mode:
+    name: str
+    sessions: sessionmaker[Session]
+    before_each: Callable[[], None] = lambda: None
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+
+def drop_entries(client: redis.Redis, namespace: str = NAMESPACE) -> None:
+    """Delete the cached entries (not the versions): the next request is an ordinary miss."""
+    keys = list(client.scan_iter(match="{" + namespace + "}:e:*", count=1000))
+    if keys:
+        client.unlink(*keys)
+
+
+def no_cache(url: str) -> Mode:
+    engine = create_engine(url)
+    return Mode("no cache", sessionmaker(engine), closers=[engine.dispose])
+
+
+def with_cache(url: str, redis_url: str) -> tuple[Mode, Mode, QueryCache]:
+    engine = create_engine(url)
+    cache = QueryCache.from_url(redis_url, namespace=NAMESPACE)
+    cache.install(engine)
+    sessions = sessionmaker(engine, execution_options={"redis_cache": True})
+    client = cache.client
+    assert isinstance(client, redis.Redis)
+    cold = Mode("cold", sessions, before_each=lambda: drop_entries(client))
+    hot = Mode("hot", sessions, closers=[lambda: cache.uninstall(engine), engine.dispose])
+    return cold, hot, cache
+
+
+class _MemoryRows:
+    """Serves each statement's rows from memory after one real execution, with one Redis GET."""
+
+    def __init__(self, engine: Engine, client: redis.Redis) -> None:
+        self._client = client
+        self._rows: dict[tuple[str, str], tuple[str, Any, Any]] = {}
+        event.listen(engine, "do_execute", self._execute)
+        event.listen(engine, "after_cursor_execute", self._capture)
+
+    def _execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        held = self._rows.get((statement, repr(parameters)))
+        if held is None:
+            return False
+        key, description, rows = held
+        self._client.get(key)
+        context.cursor = BufferedCursor(description, rows)
+        return True
+
+    def _capture(
+        self,
+        conn: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        if context.cursor.description is None or isinstance(context.cursor, BufferedCursor):
+            return
+        description, rows = context.cursor.description, context.cursor.fetchall()
+        context.cursor = BufferedCursor(description, rows)
+        key = f"bench-floor:{hashlib.blake2b(statement.encode()).hexdigest()}:{len(self._rows)}"
+        payload = msgpack.packb([description, rows], default=str)
+        self._client.set(key, b"x" * (len(payload) + 80), px=3_600_000)  # as long as an entry
+        self._rows[(statement, repr(parameters))] = (key, description, rows)
+
+
+def floor(url: str, redis_url: str) -> Mode:
+    engine = create_engine(url)
+    client = redis.Redis.from_url(redis_url)
+    _MemoryRows(engine, client)
+    return Mode("floor", sessionmaker(engine), closers=[engine.dispose])
+
+
+def dogpile_peer(url: str, redis_url: str) -> Mode:
+    engine = create_engine(url)
+    client = redis.Redis.from_url(redis_url)
+    compiled_cache: dict[Any, str] = {}
+    sessions = sessionmaker(engine)
+
+    @event.listens_for(sessions, "do_orm_execute")
+    def _from_cache(state: ORMExecuteState) -> Any:
+        if not state.is_select:
+            return None
+        statement = state.statement
+        cache_key = statement._generate_cache_key()
+        assert cache_key is not None
+        text = cache_key.to_offline_string(compiled_cache, statement, state.parameters or {})
+        key = "bench-dogpile:" + hashlib.md5(text.encode()).hexdigest()
+        # the bench's own throwaway Redis holds what it wrote just before: the peer's pickle
+        cached = client.get(key)
+        if cached is None:
+            frozen = state.invoke_statement().freeze()
+            client.set(key, pickle.dumps(frozen), px=3_600_000)
+        else:
+            frozen = pickle.loads(cached)
+        return merge_frozen_result(state.session, statement, frozen, load=False)()
+
+    return Mode("dogpile", sessions, closers=[engine.dispose])
