@@ -31,10 +31,9 @@ from tests.models import Badge, Base, Department, Employee, Level, Manager, Proj
 MYSQL_URL = os.environ.get("SA_REDIS_CACHE_TEST_MYSQL_URL", "mysql+mysqldb://root@127.0.0.1:3306/")
 
 
-@pytest.fixture(scope="session")
-def mysql_url() -> Iterator[URL]:
-    """A database of our own on the shared MariaDB, created afresh for the session."""
-    name = f"sa_redis_cache_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+def fresh_database(suffix: str) -> Iterator[URL]:
+    """A database of our own on the shared MariaDB, created afresh, dropped afterwards."""
+    name = f"sa_redis_cache_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}{suffix}"
     admin = create_engine(MYSQL_URL)
     try:
         with admin.connect() as conn:
@@ -46,6 +45,17 @@ def mysql_url() -> Iterator[URL]:
     with admin.connect() as conn:
         conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> Iterator[URL]:
+    yield from fresh_database("")
+
+
+@pytest.fixture
+def demo_mysql_url() -> Iterator[URL]:
+    """For the demo app, whose migrations create and drop tables of the same names."""
+    yield from fresh_database("_demo")
 
 
 @pytest.fixture(scope="session")
