@@ -67,9 +67,12 @@ Db = Annotated[Session, Depends(_session)]
 
 
 def create_app(
-    database_url_: str | None = None, redis_url: str | None = None, namespace: str = "demo"
+    database_url_: str | None = None, redis_url: str | None = None, namespace: str | None = None
 ) -> FastAPI:
+    """The app; with no arguments, configured from DATABASE_URL, REDIS_URL and CACHE_NAMESPACE
+    (``uvicorn --factory example_app.app:create_app``)."""
     engine = make_engine(database_url_ or database_url())
+    namespace = namespace or os.environ.get("CACHE_NAMESPACE", "demo")
     cache = QueryCache(redis_client(redis_url), namespace=namespace, ttl=3600)
     cache.install(engine)
     sessions = sessionmaker(engine, query_cls=CachingQuery, execution_options={"redis_cache": True})
