@@ -39,3 +39,17 @@ def seed(engine: Engine) -> None:
             department.employees = [Employee(name=n) for n in employees]
             session.add(department)
         session.commit()
+
+
+def main() -> None:
+    """``python -m example_app.migrations``: upgrade the configured database and seed it."""
+    from example_app.settings import database_url, make_engine
+
+    engine = make_engine(database_url())
+    upgrade(engine)
+    seed(engine)
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
