@@ -36,25 +36,20 @@ def _fill(client: redis.Redis, prefix: str, start: int, stop: int, value: bytes)
     pipe.execute()
 
 
-def entries(
-    client: redis.Redis, hot: modes.Mode, query: Any, sizes: list[int], repeat: int
+def _hot_while_filling(
+    client: redis.Redis,
+    hot: modes.Mode,
+    query: Any,
+    prefix: str,
+    value: bytes,
+    counts: list[int],
+    repeat: int,
 ) -> dict[int, float]:
-    result: dict[int, float] = {}
-    filled = 0
-    for size in sizes:
-        _fill(client, "{bench}:e:filler-", filled, size, b"x" * 300)
-        filled = size
-        result[size] = _median_ms(hot, query, repeat)
-    return result
-
-
-def tables(
-    client: redis.Redis, hot: modes.Mode, query: Any, counts: list[int], repeat: int
-) -> dict[int, float]:
+    """Hot latency after filling Redis with ``count`` keys of ``prefix``, for growing counts."""
     result: dict[int, float] = {}
     filled = 0
     for count in counts:
-        _fill(client, "{bench}:v:filler:table_", filled, count, b"1")
+        _fill(client, prefix, filled, count, value)
         filled = count
         result[count] = _median_ms(hot, query, repeat)
     return result
@@ -147,10 +142,24 @@ def run(
     client = redis.Redis.from_url(redis_url)
     repeat = 5 if smoke else 100
     return {
-        "entries": entries(
-            client, hot, page, [100, 1_000] if smoke else [1_000, 100_000, 1_000_000], repeat
+        "entries": _hot_while_filling(
+            client,
+            hot,
+            page,
+            "{bench}:e:filler-",
+            b"x" * 300,
+            [100, 1_000] if smoke else [1_000, 100_000, 1_000_000],
+            repeat,
         ),
-        "tables": tables(client, hot, page, [10, 100] if smoke else [10, 1_000], repeat),
+        "tables": _hot_while_filling(
+            client,
+            hot,
+            page,
+            "{bench}:v:filler:table_",
+            b"1",
+            [10, 100] if smoke else [10, 1_000],
+            repeat,
+        ),
         "commits": commits(url, redis_url, [1, 5] if smoke else [1, 20], 3 if smoke else 50),
         "throughput": throughput(
             url, redis_url, employees, [1, 2] if smoke else [1, 2, 4], 0.3 if smoke else 3.0

@@ -1,29 +1,13 @@
-"""The seed's schema (department, employee) and a fast loader for realistic sizes."""
+"""The demo's schema (the seed's department and employee) at benchmark size, loaded fast."""
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, ForeignKey, String, insert, make_url
+from sqlalchemy import Engine, insert, make_url
 from sqlalchemy import create_engine as sa_create_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from example_app.models import Base, Department, Employee
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Department(Base):
-    __tablename__ = "department"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(45), index=True)
-    employees: Mapped[list[Employee]] = relationship(back_populates="department")
-
-
-class Employee(Base):
-    __tablename__ = "employee"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(255))
-    department_id: Mapped[int] = mapped_column(ForeignKey("department.id"), index=True)
-    department: Mapped[Department] = relationship(back_populates="employees")
+__all__ = ["Department", "Employee", "ensure_database", "load"]
 
 
 def ensure_database(url: str) -> None:

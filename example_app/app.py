@@ -66,6 +66,13 @@ def _session(request: Request) -> Iterator[Session]:
 Db = Annotated[Session, Depends(_session)]
 
 
+def _get_or_404(db: Session, model: type[Any], key: int) -> Any:
+    found = db.get(model, key)
+    if found is None:
+        raise HTTPException(404, f"no {model.__tablename__} {key}")
+    return found
+
+
 def create_app(
     database_url_: str | None = None, redis_url: str | None = None, namespace: str | None = None
 ) -> FastAPI:
@@ -140,18 +147,14 @@ def create_app(
 
     @app.put(f"{crud}/employees/{{employee_id}}")
     def update_employee(employee_id: int, body: EmployeeIn, db: Db) -> dict[str, Any]:
-        employee = db.get(Employee, employee_id)
-        if employee is None:
-            raise HTTPException(404, f"no employee {employee_id}")
+        employee = _get_or_404(db, Employee, employee_id)
         employee.name, employee.department_id = body.employee_name, body.department_id
         commit_or_conflict(db, f"no department {body.department_id}")
         return _body(id=employee_id)
 
     @app.delete(f"{crud}/employees/{{employee_id}}")
     def delete_employee(employee_id: int, db: Db) -> dict[str, Any]:
-        employee = db.get(Employee, employee_id)
-        if employee is None:
-            raise HTTPException(404, f"no employee {employee_id}")
+        employee = _get_or_404(db, Employee, employee_id)
         db.delete(employee)
         db.commit()
         return _body(id=str(employee_id))
@@ -163,9 +166,7 @@ def create_app(
 
     @app.get(f"{crud}/departments/{{department_id}}")
     def get_department(department_id: int, db: Db) -> dict[str, Any]:
-        department = db.get(Department, department_id)
-        if department is None:
-            raise HTTPException(404, f"no department {department_id}")
+        department = _get_or_404(db, Department, department_id)
         return _body(department=_department_json(department))
 
     @app.post(f"{crud}/departments", status_code=201)
@@ -177,18 +178,14 @@ def create_app(
 
     @app.put(f"{crud}/departments/{{department_id}}")
     def update_department(department_id: int, body: DepartmentIn, db: Db) -> dict[str, Any]:
-        department = db.get(Department, department_id)
-        if department is None:
-            raise HTTPException(404, f"no department {department_id}")
+        department = _get_or_404(db, Department, department_id)
         department.name = body.department_name
         db.commit()
         return _body(id=department_id)
 
     @app.delete(f"{crud}/departments/{{department_id}}")
     def delete_department(department_id: int, db: Db) -> dict[str, Any]:
-        department = db.get(Department, department_id)
-        if department is None:
-            raise HTTPException(404, f"no department {department_id}")
+        department = _get_or_404(db, Department, department_id)
         db.delete(department)
         commit_or_conflict(db, f"department {department_id} still has employees")
         return _body(id=str(department_id))
