@@ -53,8 +53,6 @@ class KeyBuilder:
         self._entry_salt = f"{FORMAT_VERSION}\0{namespace}\0{database_id}\0{driver}\0".encode()
         self.clock = prefix + "clock"
         """Hash with the namespace's epoch (``e``) and write counter (``n``)."""
-        self.pattern = prefix + "*"
-        """Matches every key of the namespace (used by ``clear()`` only, never per request)."""
 
     def entry(self, sql: str, parameters: bytes) -> tuple[str, bytes]:
         """The entry key for a statement and its encoded parameters, and the digest inside it."""
