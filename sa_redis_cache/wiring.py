@@ -63,8 +63,7 @@ class EngineWiring:
         self._dml_takes_snapshot = dialect.name not in _SNAPSHOT_AT_FIRST_READ
         self._transactions = TransactionStates()
         self._committing: dict[int, tuple[frozenset[str], str | None]] = {}
-        self._original_do_commit: Callable[[Any], None] | None = None
-        self._do_commit_was_overridden = False
+        self._originals: dict[str, Callable[..., None]] = {}
         self._listeners: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
             # SQLAlchemy ignores insert=True for dialect events: do_execute listeners registered
             # before install() run before ours and so also see the statements served from cache
@@ -78,25 +77,33 @@ class EngineWiring:
             ("rollback_savepoint", self._on_rollback_savepoint, {}),
             ("commit", self._on_commit, {}),
             ("rollback", self._on_rollback, {}),
+            ("begin_twophase", self._on_begin_twophase, {}),
+            ("commit_twophase", self._on_commit_twophase, {}),
+            ("rollback_twophase", self._on_rollback_twophase, {}),
         ]
 
     def install(self) -> None:
         for name, fn, kw in self._listeners:
             event.listen(self.engine, name, fn, **kw)
+        # the dialect's commit methods, wrapped on this engine's dialect instance only
         dialect = self.engine.dialect
-        self._do_commit_was_overridden = "do_commit" in vars(dialect)
-        self._original_do_commit = dialect.do_commit
-        dialect.do_commit = self._do_commit  # type: ignore[method-assign]
+        for name, wrapper in (
+            ("do_commit", self._do_commit),
+            ("do_commit_twophase", self._do_commit_twophase),
+        ):
+            self._originals[name] = getattr(dialect, name)
+            setattr(dialect, name, wrapper)
 
     def uninstall(self) -> None:
         for name, fn, _ in self._listeners:
             event.remove(self.engine, name, fn)
         dialect = self.engine.dialect
-        if self._do_commit_was_overridden:
-            dialect.do_commit = self._original_do_commit  # type: ignore[method-assign,assignment]
-        else:
-            del dialect.do_commit  # the dialect class's own method shows through again
-        self._original_do_commit = None
+        for name, original in self._originals.items():
+            if getattr(original, "__self__", None) is dialect:
+                delattr(dialect, name)  # the dialect class's own method shows through again
+            else:
+                setattr(dialect, name, original)  # another wrapper installed before ours
+        self._originals.clear()
 
     # -- statements ----------------------------------------------------------------------------
 
@@ -194,12 +201,29 @@ class EngineWiring:
     def _do_commit(self, dbapi_connection: Any) -> None:
         """The database commit, then the bump, both before ``commit()`` returns."""
         pending = self._committing.pop(id(dbapi_connection), None)
-        assert self._original_do_commit is not None
         try:
-            self._original_do_commit(dbapi_connection)
+            self._originals["do_commit"](dbapi_connection)
         finally:
             if pending is not None:
                 self.invalidator.finish(*pending)
+
+    def _on_begin_twophase(self, conn: Connection, xid: Any) -> None:
+        self._transactions.reset(conn)
+
+    def _on_commit_twophase(self, conn: Connection, xid: Any, is_prepared: bool) -> None:
+        self._on_commit(conn)
+
+    def _do_commit_twophase(self, conn: Connection, xid: Any, *args: Any, **kw: Any) -> None:
+        """Two-phase commits get their Connection, not the DBAPI connection: same protocol."""
+        pending = self._committing.pop(id(conn.connection), None)
+        try:
+            self._originals["do_commit_twophase"](conn, xid, *args, **kw)
+        finally:
+            if pending is not None:
+                self.invalidator.finish(*pending)
+
+    def _on_rollback_twophase(self, conn: Connection, xid: Any, is_prepared: bool) -> None:
+        self._on_rollback(conn)
 
     def _on_rollback(self, conn: Connection) -> None:
         self._transactions.reset(conn)

@@ -277,3 +277,19 @@ def test_old_snapshot_on_sqlite(tmp_path: Any, query_cache: QueryCache) -> None:
     with cached() as session:
         assert employee_names(session)[0] == "sqlite later"
     engine.dispose()
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+@pytest.mark.usefixtures("seeded_mariadb")
+def test_two_phase_transactions(outcome: str, mariadb: Engine, query_cache: QueryCache) -> None:
+    query_cache.install(mariadb)
+    cached = caching_sessionmaker(mariadb)
+    with cached() as session:
+        assert employee_names(session)[0] == "ann"
+    with mariadb.connect() as conn:
+        transaction = conn.begin_twophase()
+        conn.execute(update(Employee.__table__).where(Employee.id == 1).values(name="xa"))
+        transaction.prepare()
+        getattr(transaction, outcome)()
+    with cached() as session:
+        assert employee_names(session)[0] == ("xa" if outcome == "commit" else "ann")
