@@ -198,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
             scale = scaling.run(
                 args.database_url,
                 redis_url,
-                hot,
                 chosen["page of 50"],
                 smoke=args.smoke,
                 employees=args.employees,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -17,42 +16,47 @@ from bench import modes
 from sa_redis_cache import QueryCache
 
 
-def _median_ms(mode: modes.Mode, query: Callable[[Session], Any], repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter_ns()
-        with mode.sessions() as session:
-            query(session)
-        samples.append((time.perf_counter_ns() - started) / 1e6)
-    return statistics.median(samples)
-
-
-def _fill(client: redis.Redis, prefix: str, start: int, stop: int, value: bytes) -> None:
+def _fill(client: redis.Redis, prefix: str, count: int, value: bytes) -> None:
     pipe = client.pipeline(transaction=False)
-    for i in range(start, stop):
+    for i in range(count):
         pipe.set(f"{prefix}{i}", value, px=3_600_000)
-        if i % 10_000 == 0:
+        if i % 10_000 == 9_999:
             pipe.execute()
     pipe.execute()
 
 
-def _hot_while_filling(
-    client: redis.Redis,
-    hot: modes.Mode,
-    query: Any,
-    prefix: str,
-    value: bytes,
-    counts: list[int],
-    repeat: int,
+def hot_while_filled(
+    url: str, redis_url: str, query: Any, fillers: dict[int, tuple[str, bytes]], repeat: int
 ) -> dict[int, float]:
-    """Hot latency after filling Redis with ``count`` keys of ``prefix``, for growing counts."""
-    result: dict[int, float] = {}
-    filled = 0
-    for count in counts:
-        _fill(client, prefix, filled, count, value)
-        filled = count
-        result[count] = _median_ms(hot, query, repeat)
-    return result
+    """Median hot latency of ``query`` on caches whose namespaces hold ``count`` filler keys
+    (``prefix`` + i), one namespace per count, the requests interleaved across them."""
+    client = redis.Redis.from_url(redis_url)
+    caches: dict[int, tuple[QueryCache, Any, sessionmaker[Session]]] = {}
+    for count, (prefix, value) in fillers.items():
+        namespace = f"bench-{count}-{prefix[0]}"
+        cache = QueryCache.from_url(redis_url, namespace=namespace)
+        engine = create_engine(url)
+        cache.install(engine)
+        _fill(client, "{" + namespace + "}:" + prefix, count, value)
+        factory = sessionmaker(engine, execution_options={"redis_cache": True})
+        for _ in range(3):
+            with factory() as session:
+                query(session)
+        caches[count] = (cache, engine, factory)
+    samples: dict[int, list[float]] = {count: [] for count in caches}
+    try:
+        for _ in range(repeat):
+            for count, (_, _, factory) in caches.items():
+                started = time.perf_counter_ns()
+                with factory() as session:
+                    query(session)
+                samples[count].append((time.perf_counter_ns() - started) / 1e6)
+    finally:
+        for cache, engine, _ in caches.values():
+            cache.uninstall(engine)
+            cache.clear()
+            engine.dispose()
+    return {count: statistics.median(values) for count, values in samples.items()}
 
 
 def commits(
@@ -136,29 +140,16 @@ def throughput(
     return result
 
 
-def run(
-    url: str, redis_url: str, hot: modes.Mode, page: Any, *, smoke: bool, employees: int
-) -> dict[str, Any]:
-    client = redis.Redis.from_url(redis_url)
-    repeat = 5 if smoke else 100
+def run(url: str, redis_url: str, page: Any, *, smoke: bool, employees: int) -> dict[str, Any]:
+    repeat = 5 if smoke else 200
+    entry_counts = [100, 1_000] if smoke else [1_000, 100_000, 1_000_000]
+    table_counts = [10, 100] if smoke else [10, 1_000]
     return {
-        "entries": _hot_while_filling(
-            client,
-            hot,
-            page,
-            "{bench}:e:filler-",
-            b"x" * 300,
-            [100, 1_000] if smoke else [1_000, 100_000, 1_000_000],
-            repeat,
+        "entries": hot_while_filled(
+            url, redis_url, page, {n: ("e:filler-", b"x" * 300) for n in entry_counts}, repeat
         ),
-        "tables": _hot_while_filling(
-            client,
-            hot,
-            page,
-            "{bench}:v:filler:table_",
-            b"1",
-            [10, 100] if smoke else [10, 1_000],
-            repeat,
+        "tables": hot_while_filled(
+            url, redis_url, page, {n: ("v:filler:table_", b"1") for n in table_counts}, repeat
         ),
         "commits": commits(url, redis_url, [1, 5] if smoke else [1, 20], 3 if smoke else 50),
         "throughput": throughput(
