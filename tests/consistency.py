@@ -23,6 +23,7 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -125,8 +126,8 @@ def _cached(settings: Settings) -> tuple[Any, QueryCache]:
     return engine, cache
 
 
-def writer(settings: Settings, index: int, done: Any) -> None:
-    engine, _ = _cached(settings)
+def writer(settings: Settings, index: int, done: Any, shared: Any = None) -> None:
+    engine, _ = shared or _cached(settings)
     make_session = caching_sessionmaker(engine)
     rng = random.Random(index)
     log: list[tuple[str, int, int, int]] = []  # (table, id, value, commit returned at)
@@ -147,11 +148,12 @@ def writer(settings: Settings, index: int, done: Any) -> None:
             log.append((table, row_id, value, time.monotonic_ns()))
         time.sleep(settings.writer_pause)  # pacing, so that readers can hit between writes
     Path(settings.log_dir, f"writer-{index}.json").write_text(json.dumps(log))
-    engine.dispose()
+    if shared is None:
+        engine.dispose()
 
 
-def reader(settings: Settings, index: int, done: Any) -> None:
-    engine, cache = _cached(settings)
+def reader(settings: Settings, index: int, done: Any, shared: Any = None) -> None:
+    engine, cache = shared or _cached(settings)
     make_session = caching_sessionmaker(engine)
     rng = random.Random(1000 + index)
     log: list[tuple[str, str, int, int, int]] = []  # (kind, table, id, value, read started at)
@@ -189,7 +191,8 @@ def reader(settings: Settings, index: int, done: Any) -> None:
         json.dumps({"log": log, "reads": count, "stats": cache.stats()})
     )
     done.set()  # the first reader to finish stops the writers; the others finish their count
-    engine.dispose()
+    if shared is None:
+        engine.dispose()
 
 
 def check(settings: Settings) -> Report:
@@ -237,6 +240,35 @@ def run(settings: Settings) -> Report:
         process.join()
         if process.exitcode != 0:
             raise RuntimeError(f"a checker process exited with {process.exitcode}")
+    return check(settings)
+
+
+def run_threads(settings: Settings) -> Report:
+    """The same check with threads sharing one engine and one cache (thread safety)."""
+    prepare(settings)
+    shared = _cached(settings)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def guarded(target: Any, index: int) -> None:
+        try:
+            target(settings, index, done, shared)
+        except BaseException as exc:  # reported below: a thread's failure must fail the run
+            errors.append(exc)
+            done.set()
+
+    threads = [
+        *(threading.Thread(target=guarded, args=(writer, i)) for i in range(settings.writers)),
+        *(threading.Thread(target=guarded, args=(reader, i)) for i in range(settings.readers)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    shared[1].uninstall(shared[0])
+    shared[0].dispose()
+    if errors:
+        raise errors[0]
     return check(settings)
 
 

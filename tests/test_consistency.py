@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from sa_redis_cache import QueryCache
-from tests.consistency import Settings, run
+from tests.consistency import Settings, run, run_threads
 
 
 def test_no_stale_reads_under_concurrent_writers(
@@ -34,3 +34,26 @@ def test_no_stale_reads_under_concurrent_writers(
     assert report.commits >= 50
     assert report.stale == []
     assert report.hit_rate >= 0.5, report.summary()
+
+
+def test_no_stale_reads_with_threads_sharing_one_engine_and_cache(
+    mysql_url: URL, redis_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=mysql_url.render_as_string(hide_password=False),
+        redis_url=redis_url,
+        namespace=f"test-threads-{uuid.uuid4().hex[:8]}",
+        readers=4,
+        writers=2,
+        reads_per_reader=2000,
+        writer_pause=0.02,
+        log_dir=str(tmp_path),
+    )
+    try:
+        report = run_threads(settings)
+    finally:
+        QueryCache.from_url(redis_url, namespace=settings.namespace).clear()
+    print(report.summary())
+    assert report.reads >= 8_000 and report.commits >= 20
+    assert report.stale == []
+    assert report.hits > 0
