@@ -2,7 +2,8 @@
 
 Nobody types table names: they come from the SQL the database actually receives, parsed with
 sqlglot (so joins, eager loaders, subqueries, CTEs and ``text()`` are all seen the same way). A
-plan is computed once per distinct SQL string and kept in a bounded LRU: a hit costs a dict lookup.
+plan is computed once per distinct SQL string and kept in a bounded map (the oldest plan goes
+first when it is full): a hit costs one dict lookup, with no bookkeeping on the hot path.
 
 When the parser cannot tell what a statement does, the answer is always the safe one: a read is not
 cached, a write invalidates every table (:data:`ALL_TABLES`).
@@ -82,7 +83,7 @@ _PLAN_CACHE_SIZE: Final = 4096
 
 
 class TableDetector:
-    """Plans SQL strings for one engine (its dialect and default schema), with an LRU of plans."""
+    """Plans SQL strings for one engine (its dialect and default schema), remembering them."""
 
     def __init__(self, dialect_name: str, default_schema: str | None) -> None:
         self._dialect = "mysql" if dialect_name in ("mysql", "mariadb") else dialect_name
