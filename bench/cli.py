@@ -22,6 +22,7 @@ from tqdm import tqdm
 from bench import modes, report, scaling
 from bench.schema import Department, Employee, ensure_database, load
 from bench.servers import ThrowawayRedis
+from sa_redis_cache.round_trips import RedisCommandLog
 
 Query = Callable[[Session], Any]
 
@@ -92,24 +93,6 @@ def time_side_by_side(
     return samples
 
 
-class RoundTrips:
-    """Counts the commands a client sends (one per round trip: no pipelining on the hot path)."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.count = 0
-        original = client.execute_command
-
-        def counting(*args: Any, **options: Any) -> Any:
-            self.count += 1
-            return original(*args, **options)
-
-        self._client = client
-        client.execute_command = counting  # type: ignore[method-assign]
-
-    def close(self) -> None:
-        del self._client.execute_command
-
-
 def server_commands(client: redis.Redis) -> int:
     """Commands the server ran, those inside scripts included."""
     return sum(
@@ -123,27 +106,24 @@ def footprint(
     cold: modes.Mode,
     hot: modes.Mode,
     cache_client: redis.Redis,
+    sent: RedisCommandLog,
     query: Query,
     result: QueryResult,
     iterations: int = 20,
 ) -> None:
-    counter = RoundTrips(cache_client)
-    try:
-        for label, mode in (("miss", cold), ("hit", hot)):
-            request(mode, query)
-            trips = commands = 0
-            for _ in range(iterations):
-                mode.before_each()
-                before = server_commands(cache_client)
-                counted = counter.count
-                with mode.sessions() as session:
-                    query(session)
-                trips += counter.count - counted
-                commands += server_commands(cache_client) - before
-            setattr(result, f"round_trips_per_{label}", trips / iterations)
-            setattr(result, f"commands_per_{label}", commands / iterations)
-    finally:
-        counter.close()
+    for label, mode in (("miss", cold), ("hit", hot)):
+        request(mode, query)
+        trips = commands = 0
+        for _ in range(iterations):
+            mode.before_each()
+            before = server_commands(cache_client)
+            counted = len(sent.commands)
+            with mode.sessions() as session:
+                query(session)
+            trips += len(sent.commands) - counted
+            commands += server_commands(cache_client) - before
+        setattr(result, f"round_trips_per_{label}", trips / iterations)
+        setattr(result, f"commands_per_{label}", commands / iterations)
     modes.drop_entries(cache_client)
     request(hot, query)
     sizes = [cache_client.strlen(k) for k in cache_client.scan_iter(match="{bench}:e:*")]
@@ -178,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         load(engine, args.departments, args.employees)
         engine.dispose()
 
-        cold, hot, cache = modes.with_cache(args.database_url, redis_url)
+        sent = RedisCommandLog()
+        cold, hot, cache = modes.with_cache(args.database_url, redis_url, sent)
         all_modes = [
             modes.no_cache(args.database_url),
             cold,
@@ -194,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, query in tqdm(chosen.items(), desc="queries", unit="query"):
                 result = results[name] = QueryResult()
                 result.samples_ms = time_side_by_side(all_modes, query, args.repeat)
-                footprint(cold, hot, client, query, result)
+                footprint(cold, hot, client, sent, query, result)
             scale = scaling.run(
                 args.database_url,
                 redis_url,

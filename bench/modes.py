@@ -5,7 +5,8 @@
   included.
 - ``hot``: sa_redis_cache on a hit.
 - ``floor``: the same ORM query fed from rows held in process memory, plus one Redis GET of bytes
-  as long as the cached entry: the best any Redis-backed cache can do.
+  as long as the cached entry, sent as the cache sends its scripts (one packed command on a
+  pooled connection): the best any Redis-backed cache can do.
 - ``dogpile``: the pattern of SQLAlchemy's ``examples/dogpile_caching`` as a peer: a pickled
   ``FrozenResult`` per ORM statement, merged into the session on a hit (no invalidation).
 """
@@ -25,7 +26,9 @@ from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from sqlalchemy.orm.loading import merge_frozen_result
 
 from sa_redis_cache import QueryCache
+from sa_redis_cache.api import DEFAULT_SOCKET_TIMEOUT
 from sa_redis_cache.cursor import BufferedCursor
+from sa_redis_cache.round_trips import RedisCommandLog
 
 NAMESPACE = "bench"
 
@@ -54,13 +57,18 @@ def no_cache(url: str) -> Mode:
     return Mode("no cache", sessionmaker(engine), closers=[engine.dispose])
 
 
-def with_cache(url: str, redis_url: str) -> tuple[Mode, Mode, QueryCache]:
+def with_cache(url: str, redis_url: str, sent: RedisCommandLog) -> tuple[Mode, Mode, QueryCache]:
+    """The cache as ``QueryCache.from_url`` makes it, its round trips logged in ``sent``."""
     engine = create_engine(url)
-    cache = QueryCache.from_url(redis_url, namespace=NAMESPACE)
+    client = sent.client(
+        redis_url,
+        socket_timeout=DEFAULT_SOCKET_TIMEOUT,
+        socket_connect_timeout=DEFAULT_SOCKET_TIMEOUT,
+        retry=None,
+    )
+    cache = QueryCache(client, namespace=NAMESPACE)
     cache.install(engine)
     sessions = sessionmaker(engine, execution_options={"redis_cache": True})
-    client = cache.client
-    assert isinstance(client, redis.Redis)
     cold = Mode("cold", sessions, before_each=lambda: drop_entries(client))
     hot = Mode("hot", sessions, closers=[lambda: cache.uninstall(engine), engine.dispose])
     return cold, hot, cache
@@ -80,9 +88,19 @@ class _MemoryRows:
         if held is None:
             return False
         key, description, rows = held
-        self._client.get(key)
+        self._get(key)
         context.cursor = BufferedCursor(description, rows)
         return True
+
+    def _get(self, key: str) -> bytes:
+        """GET the way the cache sends its scripts: straight down a pooled connection."""
+        pool = self._client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command(connection.pack_command("GET", key))
+            return connection.read_response(disable_decoding=True)
+        finally:
+            pool.release(connection)
 
     def _capture(
         self,

@@ -12,30 +12,26 @@ import redis
 from sqlalchemy import Engine, select
 
 from sa_redis_cache import QueryCache
+from sa_redis_cache.round_trips import RedisCommandLog
 from tests.conftest import caching_sessionmaker
 from tests.models import Department, Employee, Project
 
 pytestmark = pytest.mark.usefixtures("seeded")
 
 
-class RecordingClient(redis.Redis):
-    commands: list[str] = []  # noqa: RUF012 (one list, reset per test)
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        type(self).commands.append(str(args[0]).upper())
-        return super().execute_command(*args, **options)
+SENT = RedisCommandLog()
 
 
 @pytest.fixture
 def recorded(engine: Engine, redis_url: str) -> Iterator[tuple[QueryCache, Any]]:
-    client = RecordingClient.from_url(redis_url, socket_timeout=1)
+    client = SENT.client(redis_url, socket_timeout=1)
     cache = QueryCache(client, namespace="test-cost")
     cache.clear()
     cache.install(engine)
     cached = caching_sessionmaker(engine)
     with cached() as session:  # load the scripts once
         session.scalars(select(Department)).all()
-    RecordingClient.commands = []
+    SENT.clear()
     yield cache, cached
     cache.uninstall(engine)
     cache.clear()
@@ -45,22 +41,22 @@ def test_round_trips_per_hit_miss_and_commit(recorded: tuple[QueryCache, Any]) -
     _, cached = recorded
     with cached() as session:
         session.scalars(select(Employee).where(Employee.id == 1)).one()
-    assert RecordingClient.commands == ["EVALSHA", "EVALSHA"]  # miss: lookup + store
+    assert SENT.commands == ["EVALSHA", "EVALSHA"]  # miss: lookup + store
 
-    RecordingClient.commands = []
+    SENT.clear()
     with cached() as session:
         session.scalars(select(Employee).where(Employee.id == 1)).one()
-    assert RecordingClient.commands == ["EVALSHA"]  # hit
+    assert SENT.commands == ["EVALSHA"]  # hit
 
-    RecordingClient.commands = []
+    SENT.clear()
     with cached() as session:
         project = session.get(Project, 1)
         session.get(Employee, 2).name = "b"  # type: ignore[union-attr]
         project.title = "p"  # type: ignore[union-attr]
         session.commit()
     # the two gets (misses), then one announce + one bump for all the tables together
-    assert RecordingClient.commands.count("EVALSHA") == 2 * 2 + 2
-    assert set(RecordingClient.commands) == {"EVALSHA"}
+    assert SENT.commands.count("EVALSHA") == 2 * 2 + 2
+    assert set(SENT.commands) == {"EVALSHA"}
 
 
 def test_every_key_has_a_ttl_and_none_grows_per_entry(recorded: tuple[QueryCache, Any]) -> None:
@@ -88,7 +84,7 @@ def test_no_key_outside_the_namespace(recorded: tuple[QueryCache, Any]) -> None:
         session.get(Employee, 1).name = "y"  # type: ignore[union-attr]
         session.commit()
     cache.invalidate()
-    touched = [c for c in RecordingClient.commands if c not in {"EVALSHA", "HGET"}]
+    touched = [c for c in SENT.commands if c not in {"EVALSHA", "HGET"}]
     assert touched == []
 
 

@@ -15,27 +15,19 @@ from sqlalchemy import Engine, literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sa_redis_cache import QueryCache
+from sa_redis_cache.round_trips import RedisCommandLog
 from tests.conftest import DatabaseReads, RedisServer, caching_sessionmaker
 from tests.models import Employee
 
 pytestmark = pytest.mark.usefixtures("seeded")
 
 
-class CountingClient(redis.Redis):
-    """Counts the commands sent (each is one round trip), to prove the breaker stops them."""
-
-    calls = 0
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        type(self).calls += 1
-        return super().execute_command(*args, **options)
+SENT = RedisCommandLog()  # the round trips tried, to prove the breaker stops them
 
 
 def cache_on(url: str, **options: Any) -> QueryCache:
-    CountingClient.calls = 0
-    client = CountingClient.from_url(
-        url, socket_timeout=0.2, socket_connect_timeout=0.2, retry=None
-    )
+    SENT.clear()
+    client = SENT.client(url, socket_timeout=0.2, socket_connect_timeout=0.2, retry=None)
     return QueryCache(client, namespace="faults", **options)
 
 
@@ -70,7 +62,7 @@ def test_dead_redis_reads_and_writes_go_on(engine: Engine, redis_server: RedisSe
         assert names(cached)[0] == "written"
         stats = cache.stats()
         assert stats["hits"] == 0 and stats["errors"] >= 1
-        assert CountingClient.calls == 1  # one failed attempt, then the breaker
+        assert len(SENT.commands) == 1  # one failed attempt, then the breaker
     finally:
         cache.uninstall(engine)
 
@@ -80,13 +72,13 @@ def test_frozen_redis_costs_one_timeout_then_nothing(
 ) -> None:
     cache, cached = faulty
     assert names(cached) == ["ann", "bob", "cid"]
-    calls = CountingClient.calls
+    calls = len(SENT.commands)
     redis_server.freeze()
     for _ in range(5):
         assert names(cached) == ["ann", "bob", "cid"]
     rename(cached, "frozen")
     assert names(cached)[0] == "frozen"
-    assert CountingClient.calls == calls + 1
+    assert len(SENT.commands) == calls + 1
     assert cache.stats()["errors"] >= 1
     redis_server.thaw()
     cache._store.breaker = type(cache._store.breaker)(0.05)  # retry soon instead of in 60 s
@@ -195,3 +187,43 @@ def test_eviction_under_memory_pressure_never_serves_stale(engine: Engine, tmp_p
     finally:
         cache.uninstall(engine)
         server.kill()
+
+
+def test_lost_script_cache_is_reloaded_without_an_error(
+    engine: Engine, redis_server: RedisServer
+) -> None:
+    """SCRIPT FLUSH (or a failover to a replica that never saw the scripts): the next call loads
+    them again; the read is still served and nothing counts as an error."""
+    cache = cache_on(redis_server.url)
+    cache.install(engine)
+    try:
+        cached = caching_sessionmaker(engine)
+        names(cached)
+        redis.Redis(port=redis_server.port).script_flush()
+        SENT.clear()
+        assert names(cached) == ["ann", "bob", "cid"]
+        rename(cached, "after")
+        assert names(cached)[0] == "after"
+        assert names(cached)[0] == "after"
+        stats = cache.stats()
+        assert stats["errors"] == 0 and stats["hits"] == 2, stats
+        assert SENT.commands.count("SCRIPT") == 3  # lookup, bump, store: each loaded once more
+    finally:
+        cache.uninstall(engine)
+
+
+def test_a_client_that_decodes_responses_serves_hits(engine: Engine, redis_url: str) -> None:
+    """Entries are binary: the cache reads them undecoded whatever the client's decode_responses."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1)
+    cache = QueryCache(client, namespace="faults-decoding")
+    cache.install(engine)
+    try:
+        cached = caching_sessionmaker(engine)
+        assert names(cached) == names(cached) == ["ann", "bob", "cid"]
+        rename(cached, "after")
+        assert names(cached) == names(cached) == ["after", "bob", "cid"]
+        stats = cache.stats()
+        assert stats["errors"] == 0 and stats["hits"] == 2, stats
+    finally:
+        cache.uninstall(engine)
+        cache.clear()

@@ -1,0 +1,51 @@
+"""Counting the round trips a Redis client makes, for tests and benchmarks.
+
+The cache sends its scripts straight down a pooled connection (see redis_store.py), so wrapping
+``Redis.execute_command`` would miss them. The log sits one level lower: every packed command a
+connection sends is one round trip (a pipeline's batch counts once, under its first command), and
+so is a connection attempt that fails (logged as ``(connect)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+
+class RedisCommandLog:
+    """The names of the commands sent by the clients made with :meth:`client`, in order."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def client(self, url: str, **options: Any) -> redis.Redis:
+        """A ``redis.Redis`` for ``url`` whose round trips land in :attr:`commands`."""
+        log = self.commands
+
+        class RecordingConnection(redis.Connection):
+            def connect(self) -> None:
+                try:
+                    super().connect()  # type: ignore[no-untyped-call]
+                except BaseException:
+                    log.append("(connect)")
+                    raise
+
+            def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                log.append(_command_name(command))
+                super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+        return redis.Redis.from_url(url, connection_class=RecordingConnection, **options)
+
+    def clear(self) -> None:
+        self.commands.clear()
+
+
+def _command_name(packed: bytes | str | Iterable[bytes]) -> str:
+    """``EVALSHA`` from ``*5\\r\\n$7\\r\\nEVALSHA\\r\\n...`` (RESP, possibly in chunks)."""
+    first = packed if isinstance(packed, bytes | str) else next(iter(packed), b"")
+    if isinstance(first, str):
+        first = first.encode()
+    parts = bytes(first).split(b"\r\n", 3)
+    return parts[2].decode(errors="replace").upper() if len(parts) > 2 else "?"
