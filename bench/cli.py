@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, selectinload
 from tqdm import tqdm
 
-from bench import modes, report, scaling
+from bench import budget, modes, report, scaling
 from bench.schema import Department, Employee, ensure_database, load
 from bench.servers import ThrowawayRedis
 from sa_redis_cache.round_trips import RedisCommandLog
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             hot,
             modes.floor(args.database_url, redis_url),
             modes.dogpile_peer(args.database_url, redis_url),
+            modes.hot_lookup_in_memory(args.database_url, redis_url),
+            modes.memory_only(args.database_url),
         ]
         client = cache.client
         assert isinstance(client, redis.Redis)
@@ -176,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                 result = results[name] = QueryResult()
                 result.samples_ms = time_side_by_side(all_modes, query, args.repeat)
                 footprint(cold, hot, client, sent, query, result)
+            parts = {name: budget.breakdown(r.samples_ms) for name, r in results.items()}
+            calls = budget.round_trips(
+                args.database_url, redis_url, args.employees // 2 + 1, repeat=args.repeat * 10
+            )
             scale = scaling.run(
                 args.database_url,
                 redis_url,
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             cache.clear()
 
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    text = report.render(results, scale, args, machine)
+    text = report.render(results, scale, parts, calls, args, machine)
     print(text)
     (output / "benchmarks.md").write_text(text)
     report.plot(results, output / "benchmarks.png")

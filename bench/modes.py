@@ -7,6 +7,8 @@
 - ``floor``: the same ORM query fed from rows held in process memory, plus one Redis GET of bytes
   as long as the cached entry, sent as the cache sends its scripts (one packed command on a
   pooled connection): the best any Redis-backed cache can do.
+- ``hot, lookup from memory`` and ``memory only``: probes that split a hit's time into its parts
+  (SQLAlchemy and the ORM; the cache's own Python; its Redis round trip).
 - ``dogpile``: the pattern of SQLAlchemy's ``examples/dogpile_caching`` as a peer: a pickled
   ``FrozenResult`` per ORM statement, merged into the session on a hit (no invalidation).
 """
@@ -74,10 +76,46 @@ def with_cache(url: str, redis_url: str, sent: RedisCommandLog) -> tuple[Mode, M
     return cold, hot, cache
 
 
-class _MemoryRows:
-    """Serves each statement's rows from memory after one real execution, with one Redis GET."""
+def hot_lookup_in_memory(url: str, redis_url: str) -> Mode:
+    """``hot`` with each statement's lookup reply replayed from memory once it holds the entry:
+    the hit path minus its Redis round trip (for the breakdown of where a hit's time goes)."""
+    engine = create_engine(url)
+    cache = QueryCache.from_url(redis_url, namespace=f"{NAMESPACE}-replay")
+    cache.install(engine)
+    store = cache._store  # no public seam for this, nor should there be: a benchmark-only probe
+    real_lookup = store.lookup
+    replies: dict[str, Any] = {}
 
-    def __init__(self, engine: Engine, client: redis.Redis) -> None:
+    def replay(keys: Any, **options: Any) -> Any:
+        reply = replies.get(keys.entry)
+        if reply is None:
+            reply = real_lookup(keys, **options)
+            if reply.payload is not None:
+                replies[keys.entry] = reply
+        return reply
+
+    store.lookup = replay  # type: ignore[method-assign]
+    sessions = sessionmaker(engine, execution_options={"redis_cache": True})
+    closers = [lambda: cache.uninstall(engine), cache.clear, engine.dispose]
+    return Mode("hot, lookup from memory", sessions, closers=closers)
+
+
+def packed_get(client: redis.Redis, key: str) -> Any:
+    """GET the way the cache sends its scripts: one packed command down a pooled connection."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command(connection.pack_command("GET", key))
+        return connection.read_response(disable_decoding=True)
+    finally:
+        pool.release(connection)
+
+
+class _MemoryRows:
+    """Serves each statement's rows from memory after one real execution, with one Redis GET
+    (none without a client)."""
+
+    def __init__(self, engine: Engine, client: redis.Redis | None) -> None:
         self._client = client
         self._rows: dict[tuple[str, str], tuple[str, Any, Any]] = {}
         event.listen(engine, "do_execute", self._execute)
@@ -88,19 +126,10 @@ class _MemoryRows:
         if held is None:
             return False
         key, description, rows = held
-        self._get(key)
+        if self._client is not None:
+            packed_get(self._client, key)
         context.cursor = BufferedCursor(description, rows)
         return True
-
-    def _get(self, key: str) -> bytes:
-        """GET the way the cache sends its scripts: straight down a pooled connection."""
-        pool = self._client.connection_pool
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command(connection.pack_command("GET", key))
-            return connection.read_response(disable_decoding=True)
-        finally:
-            pool.release(connection)
 
     def _capture(
         self,
@@ -116,8 +145,9 @@ class _MemoryRows:
         description, rows = context.cursor.description, context.cursor.fetchall()
         context.cursor = BufferedCursor(description, rows)
         key = f"bench-floor:{hashlib.blake2b(statement.encode()).hexdigest()}:{len(self._rows)}"
-        payload = msgpack.packb([description, rows], default=str)
-        self._client.set(key, b"x" * (len(payload) + 80), px=3_600_000)  # as long as an entry
+        if self._client is not None:
+            payload = msgpack.packb([description, rows], default=str)
+            self._client.set(key, b"x" * (len(payload) + 80), px=3_600_000)  # as an entry
         self._rows[(statement, repr(parameters))] = (key, description, rows)
 
 
@@ -126,6 +156,14 @@ def floor(url: str, redis_url: str) -> Mode:
     client = redis.Redis.from_url(redis_url)
     _MemoryRows(engine, client)
     return Mode("floor", sessionmaker(engine), closers=[engine.dispose])
+
+
+def memory_only(url: str) -> Mode:
+    """The floor without its GET: SQLAlchemy and the ORM on rows in memory, no I/O but the
+    connection's own (the two ROLLBACKs every request sends, cached or not)."""
+    engine = create_engine(url)
+    _MemoryRows(engine, None)
+    return Mode("memory only", sessionmaker(engine), closers=[engine.dispose])
 
 
 def dogpile_peer(url: str, redis_url: str) -> Mode:

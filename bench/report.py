@@ -57,7 +57,14 @@ def targets(results: dict[str, Any], scale: dict[str, Any]) -> list[tuple[str, b
     return checks
 
 
-def render(results: dict[str, Any], scale: dict[str, Any], args: Any, machine: str) -> str:
+def render(
+    results: dict[str, Any],
+    scale: dict[str, Any],
+    parts: dict[str, dict[str, float]],
+    calls: dict[str, float],
+    args: Any,
+    machine: str,
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -100,6 +107,7 @@ def render(results: dict[str, Any], scale: dict[str, Any], args: Any, machine: s
             f"{r.commands_per_hit:g} | {r.commands_per_miss:g} | {r.entries_per_request:g} | "
             f"{r.bytes_per_entry:,.0f} |"
         )
+    lines += _where_the_time_goes(parts, calls)
     lines += [
         "",
         "## Scaling",
@@ -125,6 +133,33 @@ def render(results: dict[str, Any], scale: dict[str, Any], args: Any, machine: s
         f"| {t} | {'yes' if ok else 'NO'} | {why} |" for t, ok, why in targets(results, scale)
     ]
     return "\n".join(lines) + "\n"
+
+
+def _where_the_time_goes(parts: dict[str, dict[str, float]], calls: dict[str, float]) -> list[str]:
+    headings = list(next(iter(parts.values())))
+    lines = [
+        "",
+        "## Where the time goes",
+        "",
+        "Each request split into parts, from two more modes timed in the same interleaved rounds:",
+        "*memory only* (the floor without its GET) and *hot, lookup from memory* (a hit whose",
+        "lookup reply is replayed from memory). Medians in ms; differences of medians, so a small",
+        "part can come out slightly negative on a noisy machine.",
+        "",
+        "| query | " + " | ".join(headings) + " |",
+        "|---|" + "---|" * len(headings),
+    ]
+    for name, split in parts.items():
+        lines.append(f"| {name} | " + " | ".join(f"{split[h]:.3f}" for h in headings) + " |")
+    lines += [
+        "",
+        "The single calls a request is made of, timed on their own, interleaved (median us):",
+        "",
+        "| call | median (us) |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {us:.1f} |" for name, us in calls.items()]
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -30,5 +30,6 @@ def test_benchmark_smoke_run_writes_its_report(
     for heading in ("get by pk", "page of 50", "join by department name", "count", "selectinload"):
         assert f"| {heading} |" in text
     assert "| get by pk | 1 | 2 |" in text  # one round trip per hit, two per miss
-    assert "## Targets" in text
+    assert "## Targets" in text and "## Where the time goes" in text
+    assert "| database: ROLLBACK (DBAPI; every request sends two, cached or not) |" in text
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
