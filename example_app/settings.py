@@ -38,7 +38,9 @@ def redis_client(url: str | None) -> redis.Redis:
     """A client for ``url``, or for an in-process Redis emulator shared by the whole process."""
     url = url or os.environ.get("REDIS_URL")
     if url:
-        return redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
+        return redis.Redis.from_url(
+            url, socket_timeout=0.25, socket_connect_timeout=0.25, retry=None
+        )
     global _EMBEDDED
     import fakeredis
 
@@ -48,4 +50,6 @@ def redis_client(url: str | None) -> redis.Redis:
             "REDIS_URL is not set: using an in-process Redis emulator (fakeredis); "
             "set REDIS_URL=redis://127.0.0.1:6379/0 to use a real Redis"
         )
-    return fakeredis.FakeRedis(server=_EMBEDDED, socket_timeout=0.25)
+    return fakeredis.FakeRedis(
+        server=_EMBEDDED, socket_timeout=0.25, socket_connect_timeout=0.25, retry=None
+    )

@@ -72,13 +72,14 @@ class QueryCache:
             retry_after=retry_after,
             stampede_wait=stampede_wait,
         )
-        timeout = _socket_timeout(client)
-        if timeout is None or timeout > 1:
+        slow = _slow_failure_settings(client)
+        if slow:
             log.warning(
-                "the Redis client's socket_timeout is %s: a hung Redis stalls a request that long "
-                "before the circuit breaker opens; use QueryCache.from_url or give the client "
-                "socket_timeout=%s",
-                "unset" if timeout is None else f"{timeout}s",
+                "the Redis client has %s: a dead or hung Redis stalls a request that long before "
+                "the circuit breaker opens; use QueryCache.from_url or give the client "
+                "socket_timeout=%s, socket_connect_timeout=%s, retry=None",
+                " and ".join(slow),
+                DEFAULT_SOCKET_TIMEOUT,
                 DEFAULT_SOCKET_TIMEOUT,
             )
         self.client = client
@@ -177,13 +178,23 @@ class QueryCache:
         return self._stats.snapshot()
 
 
-def _socket_timeout(client: redis.Redis | RedisCluster) -> float | None:
+def _slow_failure_settings(client: redis.Redis | RedisCluster) -> list[str]:
+    """What in the client's settings makes a failing Redis expensive for each request."""
     if isinstance(client, RedisCluster):
         kwargs: dict[str, Any] = getattr(client, "nodes_manager").connection_kwargs  # noqa: B009
     else:
         kwargs = client.connection_pool.connection_kwargs
+    slow = []
     timeout = kwargs.get("socket_timeout")
-    return float(timeout) if timeout is not None else None
+    if timeout is None or float(timeout) > 1:
+        slow.append(f"socket_timeout={'unset' if timeout is None else f'{timeout}s'}")
+    connect_timeout = kwargs.get("socket_connect_timeout")  # unset: socket_timeout applies
+    if connect_timeout is not None and float(connect_timeout) > 1:
+        slow.append(f"socket_connect_timeout={connect_timeout}s")
+    retry = kwargs.get("retry")
+    if retry is not None and retry.get_retries() > 0:  # redis-py retries even a refused connect
+        slow.append(f"{retry.get_retries()} retries with backoff")
+    return slow
 
 
 def _glob_escape(namespace: str) -> str:

@@ -16,7 +16,7 @@ from sa_redis_cache.keys import KeyBuilder, database_identity
 from tests.conftest import DatabaseReads, caching_sessionmaker
 from tests.models import Employee
 
-CLIENT = redis.Redis(socket_timeout=1)  # constructing a client does not connect
+CLIENT = redis.Redis(socket_timeout=1, retry=None)  # constructing a client does not connect
 
 
 @pytest.mark.parametrize(
@@ -62,14 +62,26 @@ def test_install_wants_an_engine() -> None:
         QueryCache(CLIENT).install("sqlite://")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("timeout", [None, 5])
-def test_client_with_a_long_timeout_is_warned_about(
-    timeout: float | None, caplog: pytest.LogCaptureFixture
+QUICK = {"socket_timeout": 0.25, "socket_connect_timeout": 0.25, "retry": None}
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ({"socket_timeout": None}, "socket_timeout=unset"),
+        ({"socket_timeout": 5}, "socket_timeout=5s"),
+        ({"socket_connect_timeout": 3}, "socket_connect_timeout=3s"),
+        ({"retry": redis.Redis().get_retry()}, "retries with backoff"),  # redis-py's default
+    ],
+)
+def test_client_that_fails_slowly_is_warned_about(
+    setting: dict[str, Any], complaint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    QueryCache(redis.Redis(socket_timeout=timeout))
-    assert "a hung Redis stalls a request" in caplog.text
+    QueryCache(redis.Redis(**{**QUICK, **setting}))
+    assert "a dead or hung Redis stalls a request" in caplog.text
+    assert complaint in caplog.text
     caplog.clear()
-    QueryCache(redis.Redis(socket_timeout=0.25))
+    QueryCache(redis.Redis(**QUICK))
     assert caplog.text == ""
 
 
