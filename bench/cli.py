@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 result.samples_ms = time_side_by_side(all_modes, query, args.repeat)
                 footprint(cold, hot, client, sent, query, result)
             parts = {name: budget.breakdown(r.samples_ms) for name, r in results.items()}
-            calls = budget.round_trips(
+            calls = budget.single_calls(
                 args.database_url, redis_url, args.employees // 2 + 1, repeat=args.repeat * 10
             )
             scale = scaling.run(

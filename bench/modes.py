@@ -30,6 +30,7 @@ from sqlalchemy.orm.loading import merge_frozen_result
 from sa_redis_cache import QueryCache
 from sa_redis_cache.api import DEFAULT_SOCKET_TIMEOUT
 from sa_redis_cache.cursor import BufferedCursor
+from sa_redis_cache.redis_store import RedisStore
 from sa_redis_cache.round_trips import RedisCommandLog
 
 NAMESPACE = "bench"
@@ -100,23 +101,13 @@ def hot_lookup_in_memory(url: str, redis_url: str) -> Mode:
     return Mode("hot, lookup from memory", sessions, closers=closers)
 
 
-def packed_get(client: redis.Redis, key: str) -> Any:
-    """GET the way the cache sends its scripts: one packed command down a pooled connection."""
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        connection.send_packed_command(connection.pack_command("GET", key))
-        return connection.read_response(disable_decoding=True)
-    finally:
-        pool.release(connection)
-
-
 class _MemoryRows:
     """Serves each statement's rows from memory after one real execution, with one Redis GET
     (none without a client)."""
 
     def __init__(self, engine: Engine, client: redis.Redis | None) -> None:
         self._client = client
+        self._sender = None if client is None else RedisStore(client, retry_after=5)
         self._rows: dict[tuple[str, str], tuple[str, Any, Any]] = {}
         event.listen(engine, "do_execute", self._execute)
         event.listen(engine, "after_cursor_execute", self._capture)
@@ -126,8 +117,8 @@ class _MemoryRows:
         if held is None:
             return False
         key, description, rows = held
-        if self._client is not None:
-            packed_get(self._client, key)
+        if self._sender is not None:
+            self._sender.send("GET", key)  # sent exactly as the cache sends its scripts
         context.cursor = BufferedCursor(description, rows)
         return True
 

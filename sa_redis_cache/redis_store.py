@@ -270,7 +270,7 @@ class RedisStore:
         if self._pool is None:
             value = self._call_command(lambda: self.client.hget(clock, "n"))
         else:
-            value = self._call_command(lambda: self._send("HGET", clock, "n"))
+            value = self._call_command(lambda: self.send("HGET", clock, "n"))
         return int(value or 0)
 
     def store(
@@ -314,15 +314,16 @@ class RedisStore:
 
         def evalsha() -> Any:
             try:
-                return self._send("EVALSHA", script.sha, len(keys), *keys, *args)
+                return self.send("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH)
-                script.sha = self._send("SCRIPT", "LOAD", script.script).decode()
-                return self._send("EVALSHA", script.sha, len(keys), *keys, *args)
+                script.sha = self.send("SCRIPT", "LOAD", script.script).decode()
+                return self.send("EVALSHA", script.sha, len(keys), *keys, *args)
 
         return self._call_command(evalsha)
 
-    def _send(self, *command: Any) -> Any:
-        """One round trip on a connection from the pool; the reply undecoded."""
+    def send(self, *command: Any) -> Any:
+        """One round trip on a connection from the pool (plain ``redis.Redis`` only), the reply
+        undecoded. Errors are the client's own: callers go through the breaker."""
         assert self._pool is not None
         connection = self._pool.get_connection()
         try:
