@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo serve test bench lint
+.PHONY: demo serve test bench lint services
 
 $(VENV)/.demo-installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,8 +25,12 @@ demo: $(VENV)/.demo-installed
 serve: $(VENV)/.demo-installed
 	$(PY) -m example_app.serve
 
-## test: the whole suite (needs MariaDB on 127.0.0.1:3306 and Redis on 127.0.0.1:6379)
-test: $(VENV)/.dev-installed
+## services: the shared MariaDB (127.0.0.1:3306) and Redis (127.0.0.1:6379), started if down
+services:
+	scripts/ensure-services.sh
+
+## test: the whole suite (starts MariaDB and Redis on their usual ports if they are down)
+test: $(VENV)/.dev-installed services
 	$(PY) -m pytest
 
 ## bench: the benchmark at full size (a few minutes); writes docs/benchmarks.md and .png

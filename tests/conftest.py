@@ -29,11 +29,18 @@ from sa_redis_cache.testing import service_missing
 from tests.models import Badge, Base, Department, Employee, Level, Manager, Project
 
 MYSQL_URL = os.environ.get("SA_REDIS_CACHE_TEST_MYSQL_URL", "mysql+mysqldb://root@127.0.0.1:3306/")
+RUN_ID = os.environ.get("SA_REDIS_CACHE_TEST_ID") or os.environ.get("PYTEST_XDIST_WORKER", "main")
+"""Names this run's databases, so that runs from two checkouts on one server keep apart."""
+
+
+def unique_namespace(prefix: str = "test") -> str:
+    """A namespace no other test (or concurrent run) shares."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def fresh_database(suffix: str) -> Iterator[URL]:
     """A database of our own on the shared MariaDB, created afresh, dropped afterwards."""
-    name = f"sa_redis_cache_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}{suffix}"
+    name = f"sa_redis_cache_test_{RUN_ID}{suffix}"
     admin = create_engine(MYSQL_URL)
     try:
         with admin.connect() as conn:
@@ -148,7 +155,7 @@ def cache_with(
     engine: Engine, redis_url: str, **options: Any
 ) -> Iterator[tuple[QueryCache, DatabaseReads]]:
     """A cache with options of its own on a fresh namespace, and a counter of database reads."""
-    cache = QueryCache.from_url(redis_url, namespace=f"test-{uuid.uuid4().hex[:12]}", **options)
+    cache = QueryCache.from_url(redis_url, namespace=unique_namespace(), **options)
     cache.install(engine)
     reads = DatabaseReads(engine)
     try:

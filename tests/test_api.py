@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from sa_redis_cache import CacheConfigurationError, CachingQuery, QueryCache
 from sa_redis_cache.keys import KeyBuilder, database_identity
-from tests.conftest import DatabaseReads, caching_sessionmaker
+from tests.conftest import DatabaseReads, caching_sessionmaker, unique_namespace
 from tests.models import Employee
 
 CLIENT = redis.Redis(socket_timeout=1, retry=None)  # constructing a client does not connect
@@ -165,7 +165,7 @@ def test_entry_key_separates_what_changes_a_result() -> None:
 
 
 def test_from_url_uses_short_timeouts(redis_url: str) -> None:
-    cache = QueryCache.from_url(redis_url, namespace="x", ttl=5)
+    cache = QueryCache.from_url(redis_url, namespace=unique_namespace("x"), ttl=5)
     kwargs = cache.client.connection_pool.connection_kwargs  # type: ignore[union-attr]
     assert 0 < kwargs["socket_timeout"] <= 1
     assert cache.config.ttl == 5

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 
 from sa_redis_cache import QueryCache
 from sa_redis_cache.round_trips import RedisCommandLog
-from tests.conftest import caching_sessionmaker
+from tests.conftest import caching_sessionmaker, unique_namespace
 from tests.models import Department, Employee, Project
 
 pytestmark = pytest.mark.usefixtures("seeded")
@@ -25,7 +25,7 @@ SENT = RedisCommandLog()
 @pytest.fixture
 def recorded(engine: Engine, redis_url: str) -> Iterator[tuple[QueryCache, Any]]:
     client = SENT.client(redis_url, socket_timeout=1)
-    cache = QueryCache(client, namespace="test-cost")
+    cache = QueryCache(client, namespace=unique_namespace("test-cost"))
     cache.clear()
     cache.install(engine)
     cached = caching_sessionmaker(engine)
@@ -66,7 +66,7 @@ def test_every_key_has_a_ttl_and_none_grows_per_entry(recorded: tuple[QueryCache
             session.get(Employee, employee_id)
         session.get(Employee, 1).name = "x"  # type: ignore[union-attr]
         session.commit()
-    keys = list(cache.client.scan_iter(match="{test-cost}:*"))
+    keys = list(cache.client.scan_iter(match="{" + cache.namespace + "}:*"))
     kinds: dict[str, int] = {}
     for key in keys:
         assert cache.client.pttl(key) > 0, key
@@ -90,15 +90,16 @@ def test_no_key_outside_the_namespace(recorded: tuple[QueryCache, Any]) -> None:
 
 def test_clear_removes_only_its_namespace(engine: Engine, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    client.set("{test-bystander}:x", 1, px=60_000)
-    cache = QueryCache.from_url(redis_url, namespace="test-clear")
+    bystander = "{" + unique_namespace("test-bystander") + "}:x"
+    client.set(bystander, 1, px=60_000)
+    cache = QueryCache.from_url(redis_url, namespace=unique_namespace("test-clear"))
     cache.install(engine)
     try:
         with caching_sessionmaker(engine)() as session:
             session.scalars(select(Employee)).all()
         assert cache.clear() >= 3
-        assert list(client.scan_iter(match="{test-clear}:*")) == []
-        assert client.get("{test-bystander}:x") == b"1"
+        assert list(client.scan_iter(match="{" + cache.namespace + "}:*")) == []
+        assert client.get(bystander) == b"1"
     finally:
         cache.uninstall(engine)
-        client.delete("{test-bystander}:x")
+        client.delete(bystander)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sa_redis_cache import QueryCache
 from sa_redis_cache.round_trips import RedisCommandLog
-from tests.conftest import DatabaseReads, RedisServer, caching_sessionmaker
+from tests.conftest import DatabaseReads, RedisServer, caching_sessionmaker, unique_namespace
 from tests.models import Employee
 
 pytestmark = pytest.mark.usefixtures("seeded")
@@ -215,7 +215,7 @@ def test_lost_script_cache_is_reloaded_without_an_error(
 def test_a_client_that_decodes_responses_serves_hits(engine: Engine, redis_url: str) -> None:
     """Entries are binary: the cache reads them undecoded whatever the client's decode_responses."""
     client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1)
-    cache = QueryCache(client, namespace="faults-decoding")
+    cache = QueryCache(client, namespace=unique_namespace("faults-decoding"))
     cache.install(engine)
     try:
         cached = caching_sessionmaker(engine)

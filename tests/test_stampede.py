@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL
 
 from sa_redis_cache import QueryCache
 from tests import processes
-from tests.conftest import caching_sessionmaker
+from tests.conftest import caching_sessionmaker, unique_namespace
 from tests.models import Employee
 
 
@@ -31,7 +31,9 @@ def test_twenty_concurrent_identical_misses_reach_the_database_once(
 def test_waiting_is_bounded_then_the_database_answers(engine: Engine, redis_url: str) -> None:
     """The lock holder dies before storing: the others wait no longer than stampede_wait (the
     lock lives as long), then read the database."""
-    cache = QueryCache.from_url(redis_url, namespace="test-stampede-bound", stampede_wait=0.2)
+    cache = QueryCache.from_url(
+        redis_url, namespace=unique_namespace("test-stampede-bound"), stampede_wait=0.2
+    )
     cache.clear()
     cache.install(engine)
     cached = caching_sessionmaker(engine)
@@ -45,7 +47,7 @@ def test_waiting_is_bounded_then_the_database_answers(engine: Engine, redis_url:
         with pytest.raises(RuntimeError), cached() as session:
             session.execute(statement).all()
         event.remove(engine, "do_execute", holder_dies)
-        assert cache.client.keys("{test-stampede-bound}:l:*")
+        assert cache.client.keys("{" + cache.namespace + "}:l:*")
 
         before = cache.stats()
         with cached() as session:
