@@ -42,6 +42,8 @@ class QueryCache:
     :param retry_after: seconds Redis stays off the request path after an error.
     :param stampede_wait: when another process is already computing a missing entry, seconds to
         wait for its result before reading the database too (0: never wait).
+    :param cache_by_default: cache every read of the installed engines unless its session or
+        statement says ``redis_cache=False`` (default: only where ``redis_cache=True`` is set).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class QueryCache:
         write_lease: float = 30.0,
         retry_after: float = 5.0,
         stampede_wait: float = 0.5,
+        cache_by_default: bool = False,
     ) -> None:
         if isinstance(client, redis.asyncio.Redis) or not isinstance(
             client, redis.Redis | RedisCluster
@@ -71,6 +74,7 @@ class QueryCache:
             write_lease=write_lease,
             retry_after=retry_after,
             stampede_wait=stampede_wait,
+            cache_by_default=cache_by_default,
         )
         slow = _slow_failure_settings(client)
         if slow:

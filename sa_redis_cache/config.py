@@ -29,6 +29,8 @@ class CacheConfig:
     """Seconds the circuit breaker keeps Redis out of the request path after an error."""
     stampede_wait: float
     """Seconds a miss waits for another process already computing the same entry (0: never)."""
+    cache_by_default: bool = False
+    """Cache the reads of sessions and statements that say nothing about ``redis_cache``."""
 
     @classmethod
     def build(
@@ -41,6 +43,7 @@ class CacheConfig:
         write_lease: float,
         retry_after: float,
         stampede_wait: float,
+        cache_by_default: bool = False,
     ) -> CacheConfig:
         if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
             raise CacheConfigurationError(
@@ -62,6 +65,7 @@ class CacheConfig:
             write_lease=_positive_number("write_lease", write_lease),
             retry_after=_positive_number("retry_after", retry_after),
             stampede_wait=_non_negative_number("stampede_wait", stampede_wait),
+            cache_by_default=_flag("cache_by_default", cache_by_default),
         )
 
 
@@ -83,6 +87,12 @@ def validate_ttl(name: str, value: object) -> int:
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise CacheConfigurationError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise CacheConfigurationError(f"{name} must be True or False; got {value!r}")
     return value
 
 

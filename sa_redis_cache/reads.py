@@ -76,6 +76,7 @@ class ReadPath:
         self._config = config
         self._stats = stats
         self._lock_ms = int(config.stampede_wait * 1000)
+        self.cache_by_default = config.cache_by_default
         self._table_keys: dict[frozenset[str], _TableKeys] = {}
 
     def serve(
@@ -271,15 +272,16 @@ def _someone_else_computes(reply: LookupReply, state: TransactionState) -> bool:
     return reply.payload is None and not reply.locked and _usable(reply, state)
 
 
-def caching_enabled(context: DefaultExecutionContext) -> bool:
+def caching_enabled(context: DefaultExecutionContext, default: bool = False) -> bool:
     """The statement's own ``redis_cache`` option wins over the session's (which SQLAlchemy
-    applies at connection level, where it would otherwise override the statement's)."""
+    applies at connection level, where it would otherwise override the statement's); with
+    neither, ``default`` (the cache's ``cache_by_default``)."""
     statement = context.invoked_statement
     if statement is not None:
         own = statement.get_execution_options()
         if "redis_cache" in own:
             return bool(own["redis_cache"])
-    return bool(context.execution_options.get("redis_cache", False))
+    return bool(context.execution_options.get("redis_cache", default))
 
 
 def _ttl_seconds(context: DefaultExecutionContext, default: int) -> int:

@@ -120,8 +120,9 @@ class EngineWiring:
         state = self._transactions.of(connection)
         plan = self._plan(context, statement)
         if plan.kind is StatementKind.READ:
-            if not caching_enabled(context) or context.executemany:
-                if context.execution_options.get("redis_cache"):
+            default = self.reads.cache_by_default
+            if not caching_enabled(context, default) or context.executemany:
+                if context.execution_options.get("redis_cache", default):
                     self.reads.capture_snapshot(state)  # a caching session's uncached statement
                 else:
                     state.note_uncached_statement()

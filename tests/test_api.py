@@ -36,6 +36,8 @@ CLIENT = redis.Redis(socket_timeout=1, retry=None)  # constructing a client does
         ({"uncached_tables": [""]}, "table names must be non-empty"),
         ({"write_lease": 0}, "write_lease must be a positive number"),
         ({"retry_after": -2}, "retry_after must be a positive number"),
+        ({"stampede_wait": -1}, "stampede_wait must be a number of seconds >= 0"),
+        ({"cache_by_default": "yes"}, "cache_by_default must be True or False"),
     ],
 )
 def test_bad_options_raise_at_construction(options: dict[str, Any], message: str) -> None:

@@ -303,3 +303,26 @@ def test_caching_query_cache_method_and_ttl(
         for key in query_cache.client.scan_iter(match="{" + query_cache.namespace + "}:e:*")
     ]
     assert ttls and all(0 < ttl <= 30_000 for ttl in ttls)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_cache_by_default_caches_sessions_that_say_nothing(engine: Any, redis_url: str) -> None:
+    """``cache_by_default=True``: every read is cached unless its session or statement opts out,
+    and the options a session or statement carries are left as the application wrote them."""
+    with cache_with(engine, redis_url, cache_by_default=True) as (_, db_reads):
+        plain, opted_out = sessionmaker(engine), sessionmaker(
+            engine, execution_options={"redis_cache": False}
+        )
+        statement = select(Project)
+        for _ in range(2):
+            with plain() as session:
+                session.scalars(statement).all()
+        assert db_reads.count == 1
+        assert "redis_cache" not in statement.get_execution_options()
+        db_reads.reset()
+        for _ in range(2):
+            with opted_out() as session:
+                session.scalars(select(Project)).all()
+            with plain() as session:
+                session.scalars(select(Project).execution_options(redis_cache=False)).all()
+        assert db_reads.count == 4
