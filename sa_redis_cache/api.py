@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from .config import CacheConfig, normalize_table_name
 from .errors import CacheConfigurationError
-from .keys import database_identity
+from .keys import server_identity
 from .redis_store import RedisStore
 from .stats import Stats
 from .tables import ALL_TABLES
@@ -117,9 +117,10 @@ class QueryCache:
     def install(self, engine: Engine, *, database_id: str | None = None) -> None:
         """Track every write on ``engine`` and cache the reads of sessions that ask for it.
 
-        Idempotent. ``database_id`` names the database in keys; by default it is derived from the
-        URL (host, port, database; never the password). Give it explicitly when processes reach one
-        database through different host names.
+        Idempotent. ``database_id`` names the database server in keys; by default it is derived
+        from the URL (backend, host, port; never the password). Give it explicitly when processes
+        reach one server through different host names. Tables are named with their schema (the
+        URL's database for those the SQL leaves unqualified).
         """
         if not isinstance(engine, Engine):
             raise TypeError(f"install() needs a sqlalchemy Engine, got {type(engine).__qualname__}")
@@ -133,7 +134,7 @@ class QueryCache:
                 self._store,
                 self.config,
                 self._stats,
-                database_id or database_identity(engine.url),
+                database_id or server_identity(engine.url),
             )
             wiring.install()
             self._engines[engine] = wiring

@@ -17,11 +17,12 @@ from .tables import ALL_TABLES
 
 log = logging.getLogger("sa_redis_cache")
 
+# every schema of the server: a write through this engine may name another schema's table
 _MYSQL_QUERY = """
-SELECT TABLE_NAME, REFERENCED_TABLE_NAME FROM information_schema.REFERENTIAL_CONSTRAINTS
-WHERE CONSTRAINT_SCHEMA = DATABASE()
-  AND (DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')
-       OR UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT'))
+SELECT CONSTRAINT_SCHEMA, TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA, REFERENCED_TABLE_NAME
+FROM information_schema.REFERENTIAL_CONSTRAINTS
+WHERE DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')
+   OR UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')
 """
 _CHANGING_RULES = {"CASCADE", "SET NULL", "SET DEFAULT"}
 
@@ -59,12 +60,15 @@ class CascadeMap:
         return frozenset(reached)
 
     def _load(self, dbapi_connection: Any) -> dict[str, set[str]]:
-        pairs: list[tuple[str, str]] = []
+        pairs: list[tuple[str, str]] = []  # (child, parent) in key spelling
         cursor = dbapi_connection.cursor()
         try:
             if self._dialect in ("mysql", "mariadb"):
                 cursor.execute(_MYSQL_QUERY)
-                pairs = [(child, parent) for child, parent in cursor.fetchall()]
+                pairs = [
+                    (self._table_name(child, child_schema), self._table_name(parent, schema))
+                    for child_schema, child, schema, parent in cursor.fetchall()
+                ]
             elif self._dialect == "sqlite":
                 cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                 for (child,) in cursor.fetchall():
@@ -72,14 +76,14 @@ class CascadeMap:
                     cursor.execute(f'PRAGMA foreign_key_list("{quoted}")')
                     for row in cursor.fetchall():
                         if {str(row[5]).upper(), str(row[6]).upper()} & _CHANGING_RULES:
-                            pairs.append((child, row[2]))
+                            pairs.append(
+                                (self._table_name(child, None), self._table_name(row[2], None))
+                            )
             else:
                 log.warning("database-side cascades are not detected on %s", self._dialect)
         finally:
             cursor.close()
         children: dict[str, set[str]] = {}
         for child, parent in pairs:
-            children.setdefault(self._table_name(parent, None), set()).add(
-                self._table_name(child, None)
-            )
+            children.setdefault(parent, set()).add(child)
         return children

@@ -2,9 +2,10 @@
 
 All keys of a namespace share the hash tag ``{namespace}`` so that each Lua script's keys live in
 one Redis Cluster slot. Entry keys hash everything that changes a result: the format version, the
-namespace, the database, the driver (drivers differ in the raw values they return), the SQL and its
-bound parameters. Version keys name the database and the table only: a write made through any driver
-or app must reach every reader of that table.
+namespace, the database server and default schema, the driver (drivers differ in the raw values
+they return), the SQL and its bound parameters. Version keys name the server and the
+schema-qualified table only: a write made through any driver, app or schema must reach every
+reader of that table.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ from sqlalchemy.engine import URL
 from .serialization import FORMAT_VERSION
 from .tables import ALL_TABLES
 
-_DEFAULT_PORTS = {"mysql": 3306, "mariadb": 3306, "postgresql": 5432}
+_DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
+_BACKEND_FAMILY = {"mariadb": "mysql"}  # one server speaks both URL schemes
 
 
-def database_identity(url: URL) -> str:
-    """A short, password-free name for the database ``url`` points at.
+def server_identity(url: URL) -> str:
+    """A short, password-free name for the database server ``url`` points at.
 
-    ``localhost`` and ``127.0.0.1`` are one server; an absent port is the backend's default. Two
-    URLs that reach one database by other names (a DNS alias, say) must be given one identity
-    explicitly with ``install(engine, database_id=...)``, or writes through one would not
-    invalidate reads through the other.
+    ``localhost`` and ``127.0.0.1`` are one server, ``mysql://`` and ``mariadb://`` one backend;
+    an absent port is the backend's default. Two URLs that reach one server by other names (a DNS
+    alias, say) must be given one identity explicitly with ``install(engine, database_id=...)``,
+    or writes through one would not invalidate reads through the other. A SQLite file is a server
+    of its own (its schema is ``main``).
     """
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -36,21 +39,38 @@ def database_identity(url: URL) -> str:
             # a private in-memory database: nothing outside this process can share it
             return f"sqlite-memory-{os.getpid()}-{os.urandom(4).hex()}"
         return f"sqlite:{os.path.realpath(database)}"
+    backend = _BACKEND_FAMILY.get(backend, backend)
     host = (url.host or "localhost").lower()
     if host in _LOOPBACK_NAMES:
         host = "127.0.0.1"
     port = url.port or _DEFAULT_PORTS.get(backend, 0)
-    return f"{backend}://{host}:{port}/{url.database or ''}"
+    return f"{backend}://{host}:{port}"
+
+
+def default_schema(url: URL) -> str:
+    """The schema that unqualified table names in the engine's SQL belong to."""
+    if url.get_backend_name() == "sqlite":
+        return "main"
+    return (url.database or "").lower()
 
 
 class KeyBuilder:
-    """Key names for one (namespace, database) pair."""
+    """Key names for one namespace and one engine's view of a database server.
 
-    def __init__(self, namespace: str, database_id: str, driver: str) -> None:
+    Version keys name the server and the schema-qualified table, so that every engine (and the
+    binlog watcher) that can write a table moves the same key, whatever its default schema.
+    Entry keys also hash the engine's default schema: the same SQL text reads other tables in
+    another schema.
+    """
+
+    def __init__(self, namespace: str, server_id: str, schema: str, driver: str) -> None:
         prefix = "{" + namespace + "}:"
         self._prefix = prefix
-        self._db = hashlib.blake2b(database_id.encode(), digest_size=6).hexdigest()
-        self._entry_salt = f"{FORMAT_VERSION}\0{namespace}\0{database_id}\0{driver}\0".encode()
+        self._server = hashlib.blake2b(server_id.encode(), digest_size=6).hexdigest()
+        self._schema = schema
+        self._entry_salt = (
+            f"{FORMAT_VERSION}\0{namespace}\0{server_id}\0{schema}\0{driver}\0".encode()
+        )
         self.clock = prefix + "clock"
         """Hash with the namespace's epoch (``e``) and write counter (``n``)."""
 
@@ -69,7 +89,7 @@ class KeyBuilder:
 
     def version(self, table: str) -> str:
         """Holds the counter value of the table's last write."""
-        return f"{self._prefix}v:{self._db}:{table}"
+        return f"{self._prefix}v:{self._server}:{self._qualified(table)}"
 
     def writing(self, table: str) -> str:
         """Sorted set of writers between their pre-commit announcement and their bump.
@@ -78,4 +98,10 @@ class KeyBuilder:
         """
         if table == ALL_TABLES:
             return f"{self._prefix}w:*"
-        return f"{self._prefix}w:{self._db}:{table}"
+        return f"{self._prefix}w:{self._server}:{self._qualified(table)}"
+
+    def _qualified(self, table: str) -> str:
+        """``schema.table``: plans leave the default schema out, keys never do."""
+        if "." in table or not self._schema:
+            return table
+        return f"{self._schema}.{table}"

@@ -26,7 +26,7 @@ from sqlalchemy.engine.default import DefaultExecutionContext
 from .cascades import CascadeMap
 from .config import CacheConfig
 from .invalidation import Invalidator
-from .keys import KeyBuilder
+from .keys import KeyBuilder, default_schema
 from .reads import PENDING_STORE_ATTR, ReadPath, caching_enabled
 from .redis_store import RedisStore
 from .stats import Stats
@@ -54,9 +54,14 @@ class EngineWiring:
     ) -> None:
         dialect = engine.dialect
         self.engine = engine
-        default_schema = engine.url.database if dialect.name in ("mysql", "mariadb") else None
-        self.detector = TableDetector(dialect.name, default_schema)
-        self.keys = KeyBuilder(config.namespace, database_id, f"{dialect.name}+{dialect.driver}")
+        schema = default_schema(engine.url)
+        self.detector = TableDetector(dialect.name, schema)
+        self.keys = KeyBuilder(
+            config.namespace,
+            database_id,
+            schema,
+            f"{dialect.name}+{dialect.driver}",
+        )
         self.invalidator = Invalidator(store, self.keys, config, stats)
         self.reads = ReadPath(store, self.keys, self.invalidator, config, stats)
         self.cascades = CascadeMap(dialect.name, self.detector.table_name)

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.engine import make_url
 
 from sa_redis_cache import CacheConfigurationError, CachingQuery, QueryCache
-from sa_redis_cache.keys import KeyBuilder, database_identity
+from sa_redis_cache.keys import KeyBuilder, default_schema, server_identity
 from tests.conftest import DatabaseReads, caching_sessionmaker, unique_namespace
 from tests.models import Employee
 
@@ -144,26 +144,37 @@ def test_invalidate_all_and_by_table(engine: Engine, query_cache: QueryCache) ->
     assert query_cache.stats()["invalidations"] >= 2
 
 
-def test_database_identity_has_no_password_and_folds_loopback() -> None:
-    one = database_identity(make_url("mysql+mysqldb://root:s3cret@localhost/shop"))
-    two = database_identity(make_url("mysql+pymysql://other:pw@127.0.0.1:3306/shop"))
-    assert one == two == "mysql://127.0.0.1:3306/shop"
-    assert database_identity(make_url("mysql://h:3307/shop")) != one
-    assert database_identity(make_url("mysql://127.0.0.1/other")) != one
-    keys = KeyBuilder("ns", one, "mysql+mysqldb")
+def test_server_identity_has_no_password_and_folds_loopback_and_mariadb() -> None:
+    one = server_identity(make_url("mysql+mysqldb://root:s3cret@localhost/shop"))
+    two = server_identity(make_url("mariadb+pymysql://other:pw@127.0.0.1:3306/other"))
+    assert one == two == "mysql://127.0.0.1:3306"
+    assert server_identity(make_url("mysql://h:3307/shop")) != one
+    assert default_schema(make_url("mysql://h/Shop")) == "shop"
+    assert default_schema(make_url("sqlite:///x.db")) == "main"
+    keys = KeyBuilder("ns", one, "shop", "mysql+mysqldb")
     entry_key, _ = keys.entry("SELECT 1", b"")
     assert "s3cret" not in entry_key + keys.version("t") + keys.clock
 
 
+def test_version_keys_name_the_schema_whatever_the_default() -> None:
+    """A write to ``other.t`` through an engine on ``shop`` moves the key that an engine on
+    ``other`` reads for ``t``."""
+    shop = KeyBuilder("ns", "server", "shop", "mysql+mysqldb")
+    other = KeyBuilder("ns", "server", "other", "mysql+mysqldb")
+    assert shop.version("other.t") == other.version("t") != shop.version("t")
+    assert shop.writing("other.t") == other.writing("t")
+    assert shop.entry("SELECT * FROM t", b"")[0] != other.entry("SELECT * FROM t", b"")[0]
+
+
 def test_entry_key_separates_what_changes_a_result() -> None:
-    base = KeyBuilder("ns", "db", "mysql+mysqldb")
+    base = KeyBuilder("ns", "db", "s", "mysql+mysqldb")
     key = base.entry("SELECT 1", b"p")[0]
     assert base.entry("SELECT 1", b"p")[0] == key
     assert base.entry("SELECT 2", b"p")[0] != key
     assert base.entry("SELECT 1", b"q")[0] != key
-    assert KeyBuilder("other", "db", "mysql+mysqldb").entry("SELECT 1", b"p")[0] != key
-    assert KeyBuilder("ns", "db2", "mysql+mysqldb").entry("SELECT 1", b"p")[0] != key
-    assert KeyBuilder("ns", "db", "mysql+pymysql").entry("SELECT 1", b"p")[0] != key
+    assert KeyBuilder("other", "db", "s", "mysql+mysqldb").entry("SELECT 1", b"p")[0] != key
+    assert KeyBuilder("ns", "db2", "s", "mysql+mysqldb").entry("SELECT 1", b"p")[0] != key
+    assert KeyBuilder("ns", "db", "s", "mysql+pymysql").entry("SELECT 1", b"p")[0] != key
 
 
 def test_from_url_uses_short_timeouts(redis_url: str) -> None:
@@ -175,4 +186,4 @@ def test_from_url_uses_short_timeouts(redis_url: str) -> None:
 
 def test_sqlite_memory_databases_are_never_shared() -> None:
     a, b = create_engine("sqlite://"), create_engine("sqlite://")
-    assert database_identity(a.url) != database_identity(b.url)
+    assert server_identity(a.url) != server_identity(b.url)

@@ -37,7 +37,7 @@ def test_writer_killed_after_commit_before_bump(
         exitcode=-9,
     )  # fmt: skip
 
-    marker = query_cache.client.keys("{" + query_cache.namespace + "}:w:*:employee")
+    marker = query_cache.client.keys("{" + query_cache.namespace + "}:w:*.employee")
     assert marker, "the dead writer's mark should still be there"
     before = query_cache.stats()
     assert first_name() == "committed"  # mark alive: read from the database, nothing stored

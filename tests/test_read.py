@@ -310,8 +310,9 @@ def test_cache_by_default_caches_sessions_that_say_nothing(engine: Any, redis_ur
     """``cache_by_default=True``: every read is cached unless its session or statement opts out,
     and the options a session or statement carries are left as the application wrote them."""
     with cache_with(engine, redis_url, cache_by_default=True) as (_, db_reads):
-        plain, opted_out = sessionmaker(engine), sessionmaker(
-            engine, execution_options={"redis_cache": False}
+        plain, opted_out = (
+            sessionmaker(engine),
+            sessionmaker(engine, execution_options={"redis_cache": False}),
         )
         statement = select(Project)
         for _ in range(2):

@@ -150,7 +150,7 @@ def test_versions_come_from_redis_and_only_move_forward(
 ) -> None:
     warm(cached)
     client = query_cache.client
-    [key] = client.keys("{" + query_cache.namespace + "}:v:*:employee")
+    [key] = client.keys("{" + query_cache.namespace + "}:v:*.employee")
     seen = [int(client.get(key))]
     for name in ("x", "y"):
         with cached() as session:
@@ -169,7 +169,7 @@ def test_a_lost_clock_never_makes_an_older_entry_look_fresh(
     warm(cached)
     client = query_cache.client
     ns = "{" + query_cache.namespace + "}"
-    [version_key] = client.keys(f"{ns}:v:*:employee")
+    [version_key] = client.keys(f"{ns}:v:*.employee")
     recorded = client.get(version_key)
     with Session(engine) as session:  # a write the cache could not hear about
         session.execute(update(Employee).where(Employee.id == 1).values(name="while lost"))

@@ -308,3 +308,34 @@ def test_autocommit_writes_are_published_when_they_run(
     finally:
         query_cache.uninstall(autocommit)
         autocommit.dispose()
+
+
+def test_write_naming_another_schema_reaches_engines_on_that_schema(
+    mariadb: Engine, query_cache: QueryCache, demo_mysql_url: Any
+) -> None:
+    """Version keys name the server and the schema-qualified table: a write to ``other.t``
+    through an engine whose default schema is another one invalidates the reads of ``t`` by an
+    engine connected to ``other``."""
+    from sqlalchemy import create_engine
+
+    other_schema = demo_mysql_url.database
+    other = create_engine(demo_mysql_url)
+    try:
+        with other.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))")
+            conn.exec_driver_sql("INSERT INTO t VALUES (1, 'old')")
+        query_cache.install(mariadb)
+        query_cache.install(other)
+        statement = text("SELECT v FROM t")
+        for _ in range(2):
+            with caching_sessionmaker(other)() as session:
+                assert session.execute(statement).scalar() == "old"
+        assert query_cache.stats()["hits"] == 1
+        with caching_sessionmaker(mariadb)() as session:
+            session.execute(text(f"UPDATE {other_schema}.t SET v = 'new'"))
+            session.commit()
+        with caching_sessionmaker(other)() as session:
+            assert session.execute(statement).scalar() == "new"
+    finally:
+        query_cache.uninstall(other)
+        other.dispose()
