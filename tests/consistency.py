@@ -69,7 +69,11 @@ class Settings:
     writers: int = 2
     reads_per_reader: int | None = 5000
     seconds: float | None = None
-    writer_pause: float = 0.03
+    writer_pause: float = 0.0
+    reads_per_write: int = 40
+    """Writers commit once per this many reads (all readers together; 0: as fast as they can,
+    then ``writer_pause``). Pacing by reads, not by time, keeps the hit rate the same on a busy
+    machine, where readers slow down and time-paced writers would not."""
     log_dir: str = ""
 
 
@@ -126,12 +130,16 @@ def _cached(settings: Settings) -> tuple[Any, QueryCache]:
     return engine, cache
 
 
-def writer(settings: Settings, index: int, done: Any, shared: Any = None) -> None:
+def writer(settings: Settings, index: int, done: Any, progress: Any, shared: Any = None) -> None:
     engine, _ = shared or _cached(settings)
     make_session = caching_sessionmaker(engine)
     rng = random.Random(index)
     log: list[tuple[str, int, int, int]] = []  # (table, id, value, commit returned at)
     while not done.is_set():
+        if settings.reads_per_write:  # this writer's next turn comes after so many reads
+            turn = (len(log) * settings.writers + index + 1) * settings.reads_per_write
+            while progress.value < turn and not done.wait(0.001):
+                pass
         with make_session() as session:
             if rng.random() < 0.5:
                 row: Parent | Child | None = session.get(
@@ -152,7 +160,7 @@ def writer(settings: Settings, index: int, done: Any, shared: Any = None) -> Non
         engine.dispose()
 
 
-def reader(settings: Settings, index: int, done: Any, shared: Any = None) -> None:
+def reader(settings: Settings, index: int, done: Any, progress: Any, shared: Any = None) -> None:
     engine, cache = shared or _cached(settings)
     make_session = caching_sessionmaker(engine)
     rng = random.Random(1000 + index)
@@ -163,6 +171,8 @@ def reader(settings: Settings, index: int, done: Any, shared: Any = None) -> Non
         deadline is None or time.monotonic() < deadline
     ):
         count += 1
+        with progress.get_lock():
+            progress.value += 1
         kind = count % 4
         started = time.monotonic_ns()
         with make_session() as session:
@@ -228,11 +238,14 @@ def run(settings: Settings) -> Report:
     prepare(settings)
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Event()
+    progress = ctx.Value("q", 0)  # reads so far, all readers together
     processes = [
-        ctx.Process(target=writer, args=(settings, i, done)) for i in range(settings.writers)
+        ctx.Process(target=writer, args=(settings, i, done, progress))
+        for i in range(settings.writers)
     ]
     processes += [
-        ctx.Process(target=reader, args=(settings, i, done)) for i in range(settings.readers)
+        ctx.Process(target=reader, args=(settings, i, done, progress))
+        for i in range(settings.readers)
     ]
     for process in processes:
         process.start()
@@ -248,11 +261,12 @@ def run_threads(settings: Settings) -> Report:
     prepare(settings)
     shared = _cached(settings)
     done = threading.Event()
+    progress = multiprocessing.Value("q", 0)
     errors: list[BaseException] = []
 
     def guarded(target: Any, index: int) -> None:
         try:
-            target(settings, index, done, shared)
+            target(settings, index, done, progress, shared)
         except BaseException as exc:  # reported below: a thread's failure must fail the run
             errors.append(exc)
             done.set()

@@ -22,7 +22,6 @@ def test_no_stale_reads_under_concurrent_writers(
         readers=4,
         writers=2,
         reads_per_reader=5000,
-        writer_pause=0.05,
         log_dir=str(tmp_path),
     )
     try:
@@ -46,7 +45,6 @@ def test_no_stale_reads_with_threads_sharing_one_engine_and_cache(
         readers=4,
         writers=2,
         reads_per_reader=2000,
-        writer_pause=0.02,
         log_dir=str(tmp_path),
     )
     try:
