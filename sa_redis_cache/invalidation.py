@@ -59,6 +59,12 @@ class Invalidator:
         if tables and self._bump(tables, "publish", ""):
             self._stats.count("invalidations", len(tables))
 
+    def mark_undelivered(self, tables: Iterable[str]) -> None:
+        """Remember ``tables`` as written but not yet bumped in Redis (the bump failed in a way
+        the store could not report): this process serves none of them until a bump gets through."""
+        with self._lock:
+            self._undelivered |= frozenset(tables)
+
     def blocks(self, tables: frozenset[str]) -> bool:
         """True while a bump of one of ``tables`` (or of every table) is still undelivered."""
         if not self._undelivered:
@@ -91,8 +97,7 @@ class Invalidator:
                 all_tables=all_tables,
             )
         except RedisUnavailable as exc:
-            with self._lock:
-                self._undelivered |= tables
+            self.mark_undelivered(tables)
             self._stats.count("errors")
             log.warning(
                 "could not invalidate %s in Redis (%s); this process will not serve them from "

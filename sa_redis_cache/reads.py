@@ -11,6 +11,7 @@ up to ``stampede_wait`` for the holder's entry, polling with backoff, then reads
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -160,14 +161,17 @@ class ReadPath:
 
     def store_after_execute(self, context: DefaultExecutionContext, pending: PendingStore) -> None:
         """Read the rows off the real cursor, hand SQLAlchemy a buffered copy, store them."""
+        lookup, reply = pending.lookup, pending.reply
         cursor = context.cursor
         description = cursor.description
+        if description is None:  # returned no rows at all: nothing to store
+            if reply.locked:
+                with contextlib.suppress(RedisUnavailable):  # the lock expires anyway
+                    self._store.release(lookup.keys, lookup.token)
+            return
         rows = cursor.fetchall()
         cursor.close()
-        if description is None:
-            return
         context.cursor = BufferedCursor(description, rows)  # type: ignore[assignment]
-        lookup, reply = pending.lookup, pending.reply
         try:
             entry = encode_entry(lookup.header, reply.epoch, reply.versions, description, rows)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -241,6 +245,8 @@ class ReadPath:
             return "reads a table in uncached_tables"
         if state.snapshot_unknown:
             return "the transaction's snapshot was taken before the cache could read its clock"
+        if _reads_uncommitted(context):
+            return "READ UNCOMMITTED: the rows may never be committed"
         written = state.written()
         if written and (ALL_TABLES in written or not written.isdisjoint(tables)):
             return "reads a table this transaction wrote"
@@ -282,6 +288,18 @@ def caching_enabled(context: DefaultExecutionContext, default: bool = False) -> 
         if "redis_cache" in own:
             return bool(own["redis_cache"])
     return bool(context.execution_options.get("redis_cache", default))
+
+
+def _reads_uncommitted(context: DefaultExecutionContext) -> bool:
+    """Does this statement run under READ UNCOMMITTED (the connection's option, the engine's,
+    or the server's default)? Such rows must never be stored: they may be rolled back."""
+    dialect = context.dialect
+    level = (
+        context.execution_options.get("isolation_level")
+        or getattr(dialect, "_on_connect_isolation_level", None)
+        or getattr(dialect, "default_isolation_level", None)
+    )
+    return isinstance(level, str) and "UNCOMMITTED" in level.upper()
 
 
 def _ttl_seconds(context: DefaultExecutionContext, default: int) -> int:

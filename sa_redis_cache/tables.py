@@ -27,6 +27,8 @@ from .config import normalize_table_name
 ALL_TABLES: Final = "*"
 """Stands for "every table": what a write of unknown reach invalidates."""
 
+log = logging.getLogger("sa_redis_cache")
+
 # sqlglot logs a warning for each statement it falls back to parsing as a Command; we handle those.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
@@ -36,6 +38,10 @@ class StatementKind(enum.Enum):
     WRITE = "write"
     DDL = "ddl"
     OTHER = "other"  # SET, SHOW, SAVEPOINT, BEGIN...: neither cached nor invalidating
+    SESSION = "session"
+    """Changes the connection's state in a way the cache cannot follow (``USE`` another schema,
+    ``SET autocommit``, ``READ UNCOMMITTED``): from then on that connection is read from the
+    database and each of its writes invalidates every table at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +53,16 @@ class StatementPlan:
     """For a READ: why its result must not be cached, or None."""
 
 
-# Function classes whose result changes from call to call or from session to session.
+# Function classes whose result changes from call to call or from session to session: these,
+# and every class whose name starts with one of the prefixes (sqlglot has hundreds of classes;
+# the prefixes catch the families: CurrentUser, CurrentTimestamp, UtcDate, Localtime, ...).
 _VOLATILE_FUNCTIONS: Final = frozenset(
     {
-        "Rand", "Random", "Uuid", "CurrentTimestamp", "CurrentDate", "CurrentTime",
-        "CurrentDatetime", "CurrentUser", "CurrentSchema", "CurrentRole", "CurrentCatalog",
-        "Localtime", "Localtimestamp", "UnixSeconds", "Sysdate", "Now", "CurrentTimestampLTZ",
+        "Rand", "Randn", "Randstr", "Random", "Uuid", "UnixSeconds", "UnixMillis", "UnixMicros",
+        "Sysdate", "Systimestamp", "Now", "NextValueFor", "Seq1", "Seq2", "Seq4", "Seq8",
     }
 )  # fmt: skip
+_VOLATILE_PREFIXES: Final = ("Current", "Utc", "Local", "Session", "Generate", "AI")
 _SYSTEM_SCHEMAS: Final = frozenset({"information_schema", "performance_schema", "mysql", "sys"})
 _SYSTEM_TABLES: Final = frozenset({"sqlite_master", "sqlite_schema", "sqlite_temp_master"})
 _PSEUDO_TABLES: Final = frozenset({"dual"})
@@ -79,6 +87,11 @@ _DML_MODIFIERS_RE: Final = re.compile(
     re.IGNORECASE,
 )
 _FIRST_WORD_RE: Final = re.compile(r"^\s*\(*\s*([A-Za-z]+)")
+# MariaDB: SET STATEMENT var = value [, ...] FOR <statement>
+_SET_STATEMENT_RE: Final = re.compile(r"^\s*SET\s+STATEMENT\s.*?\sFOR\s(.*)$", re.I | re.S)
+_AUTOCOMMIT_RE: Final = re.compile(r"\bautocommit\b", re.I)
+_READ_UNCOMMITTED_RE: Final = re.compile(r"\bREAD[\s_-]+UNCOMMITTED\b", re.I)
+_USE_RE: Final = re.compile(r"^\s*USE\s+[`\"]?([^`\"\s;]+)", re.I)
 _PLAN_CACHE_SIZE: Final = 4096
 
 
@@ -93,11 +106,16 @@ class TableDetector:
         self._temporary_tables: set[str] = set()
 
     def plan(self, sql: str) -> StatementPlan:
-        """The plan of ``sql``: cached, so the same string is parsed once."""
+        """The plan of ``sql``: cached, so the same string is parsed once. Never raises: SQL that
+        trips the parser in an unexpected way gets the safe plan for its first word."""
         plan = self._plans.get(sql)
         if plan is not None:
             return plan
-        plan = self._analyze(sql)
+        try:
+            plan = self._analyze(sql)
+        except Exception as exc:  # a parser bug must not reach the application
+            log.warning("could not analyze SQL (%r); treating it as unknown: %.200s", exc, sql)
+            plan = self._unparsed(_first_word(sql))
         with self._lock:
             self._plans[sql] = plan
             if len(self._plans) > _PLAN_CACHE_SIZE:
@@ -115,6 +133,8 @@ class TableDetector:
 
     def _analyze(self, sql: str) -> StatementPlan:
         first = _first_word(sql)
+        if first in ("SET", "USE"):
+            return self._session_plan(first, sql)
         if first in _HARMLESS_COMMANDS:
             return StatementPlan(StatementKind.OTHER, frozenset())
         if first in ("INSERT", "REPLACE", "UPDATE", "DELETE"):
@@ -143,6 +163,26 @@ class TableDetector:
             return StatementPlan(StatementKind.OTHER, frozenset())
         # GRANT, CALL, RENAME, LOAD DATA, OPTIMIZE...: may change anything.
         return StatementPlan(StatementKind.WRITE, frozenset({ALL_TABLES}))
+
+    def _session_plan(self, first: str, sql: str) -> StatementPlan:
+        """``SET`` and ``USE``: most are harmless; some wrap or change what later SQL does."""
+        if first == "USE":
+            match = _USE_RE.match(sql)
+            schema = match.group(1).lower() if match else None
+            if schema is not None and schema == self._default_schema:
+                return StatementPlan(StatementKind.OTHER, frozenset())
+            return StatementPlan(StatementKind.SESSION, frozenset({ALL_TABLES}))
+        wrapped = _SET_STATEMENT_RE.match(sql)
+        if wrapped:  # the statement after FOR is what runs (with session variables changed)
+            inner = self._analyze(wrapped.group(1))
+            if inner.kind is StatementKind.READ:
+                return StatementPlan(
+                    StatementKind.READ, inner.tables, uncacheable="SET STATEMENT ... FOR"
+                )
+            return inner
+        if _AUTOCOMMIT_RE.search(sql) or _READ_UNCOMMITTED_RE.search(sql):
+            return StatementPlan(StatementKind.SESSION, frozenset({ALL_TABLES}))
+        return StatementPlan(StatementKind.OTHER, frozenset())
 
     def _unparsed(self, first: str) -> StatementPlan:
         if first in ("SELECT", "WITH", "VALUES", "TABLE"):
@@ -206,6 +246,7 @@ def _volatility(node: exp.Expr) -> str | None:
     if isinstance(node, exp.Anonymous):
         # Not a function sqlglot knows: a stored function (may write) or a volatile builtin.
         return f"calls {str(node.this).upper()}(), which may not be deterministic"
-    if type(node).__name__ in _VOLATILE_FUNCTIONS:
+    name = type(node).__name__
+    if name in _VOLATILE_FUNCTIONS or name.startswith(_VOLATILE_PREFIXES):
         return f"calls {node.sql()}, which is not deterministic"
     return None

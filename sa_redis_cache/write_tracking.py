@@ -14,6 +14,8 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field
 
+from .tables import ALL_TABLES
+
 
 @dataclass(slots=True)
 class _Level:
@@ -28,6 +30,13 @@ class TransactionState:
     """Write counter read before the snapshot was taken; None until the first cached lookup."""
     snapshot_unknown: bool = False
     """A statement that may have taken the snapshot ran before any lookup told us the counter."""
+    untrusted: bool = False
+    """The cache lost track of this transaction (one of its own hooks failed): it counts as
+    having written every table, and nothing in it is served or stored."""
+
+    def distrust(self) -> None:
+        self.untrusted = True
+        self.snapshot_unknown = True
 
     def note_uncached_statement(self) -> None:
         """A statement that may take the snapshot is about to reach the database unobserved."""
@@ -39,6 +48,8 @@ class TransactionState:
 
     def written(self) -> set[str]:
         """Every table written so far at any level (read-your-writes bypasses them)."""
+        if self.untrusted:
+            return {ALL_TABLES}
         if len(self.levels) == 1:
             return self.levels[0].tables
         return set().union(*(level.tables for level in self.levels))
