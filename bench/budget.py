@@ -12,7 +12,7 @@ import redis
 from sqlalchemy import create_engine, select
 
 from bench.schema import Employee
-from sa_redis_cache.redis_store import RedisStore
+from sa_redis_cache.store.sync import SyncStore
 
 
 def breakdown(samples_ms: dict[str, list[float]]) -> dict[str, float]:
@@ -41,7 +41,7 @@ def single_calls(database_url: str, redis_url: str, pk: int, repeat: int) -> dic
     assert dbapi is not None
     cursor = dbapi.cursor()
     client = redis.Redis.from_url(redis_url)
-    sender = RedisStore(client, retry_after=5)
+    sender = SyncStore(client, retry_after=5)
     client.set("bench-budget:get", b"x" * 140, px=600_000)
 
     def select_pk() -> None:
@@ -52,7 +52,7 @@ def single_calls(database_url: str, redis_url: str, pk: int, repeat: int) -> dic
         "database: SELECT by primary key (DBAPI)": select_pk,
         "database: ROLLBACK (DBAPI; every request sends two, cached or not)": dbapi.rollback,
         "Redis: GET through redis-py's command path": lambda: client.get("bench-budget:get"),
-        "Redis: GET as one packed command (how the cache calls)": lambda: sender.send(
+        "Redis: GET as one packed command (how the cache calls)": lambda: sender.command(
             "GET", "bench-budget:get"
         ),
     }

@@ -30,8 +30,8 @@ from sqlalchemy.orm.loading import merge_frozen_result
 from sa_redis_cache import QueryCache
 from sa_redis_cache.api import DEFAULT_SOCKET_TIMEOUT
 from sa_redis_cache.cursor import BufferedCursor
-from sa_redis_cache.redis_store import RedisStore
 from sa_redis_cache.round_trips import RedisCommandLog
+from sa_redis_cache.store.sync import SyncStore
 
 NAMESPACE = "bench"
 
@@ -107,7 +107,7 @@ class _MemoryRows:
 
     def __init__(self, engine: Engine, client: redis.Redis | None) -> None:
         self._client = client
-        self._sender = None if client is None else RedisStore(client, retry_after=5)
+        self._sender = None if client is None else SyncStore(client, retry_after=5)
         self._rows: dict[tuple[str, str], tuple[str, Any, Any]] = {}
         event.listen(engine, "do_execute", self._execute)
         event.listen(engine, "after_cursor_execute", self._capture)
@@ -118,7 +118,7 @@ class _MemoryRows:
             return False
         key, description, rows = held
         if self._sender is not None:
-            self._sender.send("GET", key)  # sent exactly as the cache sends its scripts
+            self._sender.command("GET", key)  # sent exactly as the cache sends its scripts
         context.cursor = BufferedCursor(description, rows)
         return True
 

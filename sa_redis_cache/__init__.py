@@ -8,8 +8,11 @@ Where things live:
 - ``write_tracking``: what a transaction wrote, per savepoint level, and its snapshot clock.
 - ``invalidation``: moving table versions at commit; ``cascades``: foreign-key cascades.
 - ``reads``: the read path (bypass rules, hit, miss and store).
-- ``keys``: key building; ``serialization``: the entry codec; ``redis_store``: Lua scripts and
-  the circuit breaker; ``cursor``: the cursor that serves cached rows.
+- ``keys``: key building; ``serialization``: the entry codec; ``cursor``: the cursor that serves
+  cached rows.
+- ``store``: the Redis side behind one interface: the Lua scripts, a sync and an asyncio store,
+  the circuit breaker.
+- ``failsafe``: what happens when the cache's own code fails (nothing reaches the application).
 """
 
 from .api import QueryCache

@@ -11,12 +11,14 @@ import redis
 import redis.asyncio
 from redis.cluster import RedisCluster
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from .config import CacheConfig, normalize_table_name
 from .errors import CacheConfigurationError
 from .keys import server_identity
-from .redis_store import RedisStore
 from .stats import Stats
+from .store import store_for
 from .tables import ALL_TABLES
 from .wiring import EngineWiring
 
@@ -26,12 +28,15 @@ DEFAULT_SOCKET_TIMEOUT = 0.25
 """Seconds ``from_url`` gives Redis to answer: a hung Redis costs a request at most this much once,
 then the circuit breaker keeps it off the request path for ``retry_after`` seconds."""
 
+RedisClient = redis.Redis | redis.asyncio.Redis | RedisCluster
+
 
 class QueryCache:
     """A Redis query cache shared by the engines it is installed on.
 
-    :param client: a synchronous ``redis.Redis`` (or ``RedisCluster``). Give it a short
-        ``socket_timeout``; :meth:`from_url` does.
+    :param client: a ``redis.Redis`` (or ``RedisCluster``) for ``Engine``\\ s, or a
+        ``redis.asyncio.Redis`` for ``AsyncEngine``\\ s. Give it a short ``socket_timeout``;
+        :meth:`from_url` does.
     :param namespace: prefix of every key (letters, digits, ``_ . -``). Caches with different
         namespaces share nothing, and :meth:`clear` touches only its own.
     :param ttl: seconds an entry lives at most; ``redis_cache_ttl`` overrides it per statement.
@@ -48,7 +53,7 @@ class QueryCache:
 
     def __init__(
         self,
-        client: redis.Redis | RedisCluster,
+        client: RedisClient,
         *,
         namespace: str = "sa_redis_cache",
         ttl: int = 86400,
@@ -59,13 +64,6 @@ class QueryCache:
         stampede_wait: float = 0.5,
         cache_by_default: bool = False,
     ) -> None:
-        if isinstance(client, redis.asyncio.Redis) or not isinstance(
-            client, redis.Redis | RedisCluster
-        ):
-            raise TypeError(
-                "QueryCache needs a synchronous redis.Redis or redis.cluster.RedisCluster client, "
-                f"got {type(client).__qualname__}"
-            )
         self.config = CacheConfig.build(
             namespace=namespace,
             ttl=ttl,
@@ -76,6 +74,7 @@ class QueryCache:
             stampede_wait=stampede_wait,
             cache_by_default=cache_by_default,
         )
+        self._store = store_for(client, self.config.retry_after)
         slow = _slow_failure_settings(client)
         if slow:
             log.warning(
@@ -87,34 +86,40 @@ class QueryCache:
                 DEFAULT_SOCKET_TIMEOUT,
             )
         self.client = client
-        self._store = RedisStore(client, self.config.retry_after)
         self._stats = Stats()
         self._engines: dict[Engine, EngineWiring] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> QueryCache:
+    def from_url(cls, url: str, *, asyncio: bool = False, **options: Any) -> QueryCache:
         """A cache on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``) with
-        short timeouts; ``options`` are the constructor's keyword arguments."""
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=DEFAULT_SOCKET_TIMEOUT,
-            socket_connect_timeout=DEFAULT_SOCKET_TIMEOUT,
-            retry=None,
-        )
-        return cls(client, **options)
+        short timeouts and no retries; ``asyncio=True`` makes a ``redis.asyncio`` client (for
+        ``AsyncEngine``\\ s); ``options`` are the constructor's keyword arguments."""
+        settings: dict[str, Any] = {
+            "socket_timeout": DEFAULT_SOCKET_TIMEOUT,
+            "socket_connect_timeout": DEFAULT_SOCKET_TIMEOUT,
+            "retry": None,
+        }
+        if asyncio:
+            return cls(redis.asyncio.Redis.from_url(url, **settings), **options)
+        return cls(redis.Redis.from_url(url, **settings), **options)
 
     @property
     def namespace(self) -> str:
         return self.config.namespace
 
     @property
+    def is_async(self) -> bool:
+        """True for a cache on a ``redis.asyncio`` client (installed on ``AsyncEngine``\\ s)."""
+        return self._store.is_async
+
+    @property
     def engines(self) -> tuple[Engine, ...]:
-        """The engines the cache is installed on."""
+        """The engines the cache is installed on (for an ``AsyncEngine``, its ``sync_engine``)."""
         with self._lock:
             return tuple(self._engines)
 
-    def install(self, engine: Engine, *, database_id: str | None = None) -> None:
+    def install(self, engine: Engine | AsyncEngine, *, database_id: str | None = None) -> None:
         """Track every write on ``engine`` and cache the reads of sessions that ask for it.
 
         Idempotent. ``database_id`` names the database server in keys; by default it is derived
@@ -122,68 +127,115 @@ class QueryCache:
         reach one server through different host names. Tables are named with their schema (the
         URL's database for those the SQL leaves unqualified).
         """
-        if not isinstance(engine, Engine):
-            raise TypeError(f"install() needs a sqlalchemy Engine, got {type(engine).__qualname__}")
+        target = self._sync_engine(engine)
         if database_id is not None and (not isinstance(database_id, str) or not database_id):
             raise CacheConfigurationError("database_id must be a non-empty string")
         with self._lock:
-            if engine in self._engines:
+            if target in self._engines:
                 return
             wiring = EngineWiring(
-                engine,
+                target,
                 self._store,
                 self.config,
                 self._stats,
-                database_id or server_identity(engine.url),
+                database_id or server_identity(target.url),
             )
             wiring.install()
-            self._engines[engine] = wiring
+            self._engines[target] = wiring
 
-    def uninstall(self, engine: Engine) -> None:
+    def uninstall(self, engine: Engine | AsyncEngine) -> None:
         """Undo :meth:`install`; a no-op for an engine it was not installed on."""
+        target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         with self._lock:
-            wiring = self._engines.pop(engine, None)
+            wiring = self._engines.pop(target, None)
         if wiring is not None:
             wiring.uninstall()
 
-    def invalidate(self, *tables: str, engine: Engine | None = None) -> None:
+    def invalidate(self, *tables: str, engine: Engine | AsyncEngine | None = None) -> None:
         """Make every entry that read one of ``tables`` dead (all entries if none are given), for
         ``engine``'s database or for every engine the cache is installed on.
 
-        For writes the cache cannot see: triggers, other applications, manual SQL.
+        For writes the cache cannot see: triggers, other applications, manual SQL. On a cache
+        with a ``redis.asyncio`` client, use :meth:`ainvalidate`.
         """
+        self._refuse_blocking("invalidate")
         names = frozenset(normalize_table_name(t) for t in tables) or frozenset({ALL_TABLES})
+        target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         with self._lock:
-            wirings = [self._engines[engine]] if engine in self._engines else []
-            if engine is None:
+            wirings = [self._engines[target]] if target in self._engines else []
+            if target is None:
                 wirings = list(self._engines.values())
         if not wirings:
             raise CacheConfigurationError("invalidate() needs an engine the cache is installed on")
         for wiring in wirings:
             wiring.invalidator.publish(names)
 
+    async def ainvalidate(self, *tables: str, engine: Engine | AsyncEngine | None = None) -> None:
+        """:meth:`invalidate` for a cache with a ``redis.asyncio`` client."""
+        self._refuse_async("ainvalidate", "invalidate")
+        await greenlet_spawn(self.invalidate, *tables, engine=engine)
+
     def clear(self) -> int:
         """Delete every key of this namespace (never FLUSHDB). Returns how many were deleted.
 
-        Uses SCAN: an operations tool, not something to call per request.
+        Uses SCAN: an operations tool, not something to call per request. On a cache with a
+        ``redis.asyncio`` client, use :meth:`aclear`.
         """
-        deleted = 0
-        batch: list[Any] = []
-        for key in self.client.scan_iter(match=_glob_escape(self.config.namespace), count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += int(self.client.unlink(*batch))
-                batch.clear()
-        if batch:
-            deleted += int(self.client.unlink(*batch))
-        return deleted
+        self._refuse_blocking("clear")
+        return self._store.delete_matching(_glob_escape(self.config.namespace))
+
+    async def aclear(self) -> int:
+        """:meth:`clear` for a cache with a ``redis.asyncio`` client."""
+        self._refuse_async("aclear", "clear")
+        return await greenlet_spawn(self.clear)
 
     def stats(self) -> dict[str, int]:
         """Counts since start-up: hits, misses, stores, bypasses, invalidations, errors."""
         return self._stats.snapshot()
 
+    # -- checks ---------------------------------------------------------------------------------
 
-def _slow_failure_settings(client: redis.Redis | RedisCluster) -> list[str]:
+    def _sync_engine(self, engine: object) -> Engine:
+        """The Engine the events go on, if the client suits it; TypeError saying what to use."""
+        if isinstance(engine, AsyncEngine):
+            if not self.is_async:
+                raise TypeError(
+                    "an AsyncEngine needs a cache on a redis.asyncio client: "
+                    "QueryCache(redis.asyncio.Redis(...)) or QueryCache.from_url(url, asyncio=True)"
+                )
+            return engine.sync_engine
+        if isinstance(engine, Engine):
+            if self.is_async:
+                raise TypeError(
+                    "a synchronous Engine needs a cache on a synchronous redis.Redis client "
+                    "(this one has a redis.asyncio client: install it on an AsyncEngine)"
+                )
+            return engine
+        raise TypeError(
+            f"install() needs a sqlalchemy Engine or AsyncEngine, got {type(engine).__qualname__}"
+        )
+
+    def _refuse_blocking(self, method: str) -> None:
+        """An asyncio cache's sync methods work only inside SQLAlchemy's greenlet (``run_sync``,
+        the event hooks), where they do not block the loop."""
+        if self.is_async and not _in_greenlet():
+            raise TypeError(f"this cache has a redis.asyncio client: use 'await cache.a{method}()'")
+
+    def _refuse_async(self, method: str, instead: str) -> None:
+        if not self.is_async:
+            raise TypeError(
+                f"{method}() is for a cache on a redis.asyncio client; this one is synchronous: "
+                f"use cache.{instead}() (it would block the event loop)"
+            )
+
+
+def _in_greenlet() -> bool:
+    from sqlalchemy.util.concurrency import in_greenlet
+
+    return in_greenlet()
+
+
+def _slow_failure_settings(client: RedisClient) -> list[str]:
     """What in the client's settings makes a failing Redis expensive for each request."""
     if isinstance(client, RedisCluster):
         kwargs: dict[str, Any] = getattr(client, "nodes_manager").connection_kwargs  # noqa: B009

@@ -21,17 +21,15 @@ from collections.abc import Iterable
 
 from .config import CacheConfig
 from .keys import KeyBuilder
-from .redis_store import RedisStore, RedisUnavailable
 from .stats import Stats
+from .store import RedisUnavailable, Store
 from .tables import ALL_TABLES
 
 log = logging.getLogger("sa_redis_cache")
 
 
 class Invalidator:
-    def __init__(
-        self, store: RedisStore, keys: KeyBuilder, config: CacheConfig, stats: Stats
-    ) -> None:
+    def __init__(self, store: Store, keys: KeyBuilder, config: CacheConfig, stats: Stats) -> None:
         self._store = store
         self._keys = keys
         self._stats = stats

@@ -25,9 +25,9 @@ from .cursor import BufferedCursor
 from .errors import CorruptEntryError
 from .invalidation import Invalidator
 from .keys import KeyBuilder
-from .redis_store import CircuitOpen, EntryKeys, LookupReply, RedisStore, RedisUnavailable
 from .serialization import decode_payload, encode_entry, encode_parameters, entry_header
 from .stats import Stats
+from .store import CircuitOpen, EntryKeys, LookupReply, RedisUnavailable, Store
 from .tables import ALL_TABLES, StatementPlan
 from .write_tracking import TransactionState
 
@@ -65,7 +65,7 @@ class PendingStore:
 class ReadPath:
     def __init__(
         self,
-        store: RedisStore,
+        store: Store,
         keys: KeyBuilder,
         invalidator: Invalidator,
         config: CacheConfig,
@@ -221,7 +221,7 @@ class ReadPath:
         deadline = time.monotonic() + self._config.stampede_wait
         delay = _FIRST_POLL
         while (remaining := deadline - time.monotonic()) > 0:
-            time.sleep(min(delay, remaining))
+            self._store.pause(min(delay, remaining))
             delay = min(delay * 2, _LONGEST_POLL)
             reply = self._lookup(lookup, state)
             if reply is None or not _someone_else_computes(reply, state):

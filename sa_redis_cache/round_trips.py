@@ -1,6 +1,6 @@
 """Counting the round trips a Redis client makes, for tests and benchmarks.
 
-The cache sends its scripts straight down a pooled connection (see redis_store.py), so wrapping
+The cache sends its scripts straight down a pooled connection (see store/sync.py), so wrapping
 ``Redis.execute_command`` would miss them. The log sits one level lower: every packed command a
 connection sends is one round trip (a pipeline's batch counts once, under its first command), and
 so is a connection attempt that fails (logged as ``(connect)``).

@@ -35,8 +35,8 @@ from .failsafe import InternalErrors
 from .invalidation import Invalidator
 from .keys import KeyBuilder, default_schema
 from .reads import PENDING_STORE_ATTR, ReadPath, caching_enabled
-from .redis_store import RedisStore
 from .stats import Stats
+from .store import Store
 from .tables import ALL_TABLES, StatementKind, StatementPlan, TableDetector
 from .write_tracking import TransactionState, TransactionStates
 
@@ -68,7 +68,7 @@ class EngineWiring:
     def __init__(
         self,
         engine: Engine,
-        store: RedisStore,
+        store: Store,
         config: CacheConfig,
         stats: Stats,
         database_id: str,

@@ -3,6 +3,7 @@ and undone by uninstall; keys never carry a password."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -46,10 +47,33 @@ def test_bad_options_raise_at_construction(options: dict[str, Any], message: str
     assert issubclass(CacheConfigurationError, ValueError)
 
 
-@pytest.mark.parametrize("client", [None, "redis://x", object(), redis.asyncio.Redis()])
-def test_something_that_is_not_a_sync_redis_client_is_a_type_error(client: Any) -> None:
-    with pytest.raises(TypeError, match=r"synchronous redis\.Redis"):
+@pytest.mark.parametrize("client", [None, "redis://x", object(), redis.asyncio.Redis])
+def test_something_that_is_not_a_redis_client_is_a_type_error(client: Any) -> None:
+    with pytest.raises(TypeError, match=r"needs a redis\.Redis, a redis\.asyncio\.Redis"):
         QueryCache(client)
+
+
+def test_a_client_that_does_not_suit_the_engine_is_a_type_error_saying_what_to_use() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async_engine = create_async_engine("sqlite+aiosqlite://")
+    with pytest.raises(TypeError, match=r"AsyncEngine needs a cache on a redis\.asyncio client"):
+        QueryCache(CLIENT).install(async_engine)
+    with pytest.raises(TypeError, match=r"synchronous Engine needs a cache on a synchronous"):
+        QueryCache(redis.asyncio.Redis(socket_timeout=0.25, retry=None)).install(
+            create_engine("sqlite://")
+        )
+    async_cache = QueryCache(redis.asyncio.Redis(socket_timeout=0.25, retry=None))
+    async_cache.install(async_engine)
+    assert async_cache.engines == (async_engine.sync_engine,)
+    with pytest.raises(TypeError, match=r"await cache\.ainvalidate\(\)"):
+        async_cache.invalidate("t")  # outside SQLAlchemy's greenlet it would block the loop
+    with pytest.raises(TypeError, match=r"await cache\.aclear\(\)"):
+        async_cache.clear()
+    async_cache.uninstall(async_engine)
+    assert async_cache.engines == ()
+    with pytest.raises(TypeError, match=r"this one is synchronous: use cache\.clear\(\)"):
+        asyncio.run(QueryCache(CLIENT).aclear())
 
 
 def test_caching_query_rejects_a_bad_ttl() -> None:

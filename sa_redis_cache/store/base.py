@@ -1,0 +1,152 @@
+"""The store: the cache's protocol with Redis over one primitive, "send a command, read its reply".
+
+Everything above the store (the read path, invalidation, the watcher, the command line) calls these
+methods synchronously. The only difference between a store on ``redis.Redis`` and one on
+``redis.asyncio.Redis`` is how :meth:`Store.command` waits for the reply (and how
+:meth:`Store.pause` sleeps): the asyncio store awaits it from inside SQLAlchemy's greenlet, where
+the cache's event hooks run for an ``AsyncEngine``. So the read path of a sync hit and of an async
+hit is the same code down to that one call.
+
+Every Redis failure becomes :class:`RedisUnavailable` and trips the shared circuit breaker; the
+callers fall back to the database. The store never retries a failed call (except reloading a
+script the server forgot, which is not a failure).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import redis
+from redis.exceptions import NoScriptError
+
+from .breaker import CircuitBreaker
+from .scripts import BUMP, LOOKUP, RELEASE, STORE, EntryKeys, LookupReply, LuaScript
+
+
+class RedisUnavailable(Exception):
+    """Redis failed or the circuit breaker is open: the caller falls back to the database."""
+
+
+class CircuitOpen(RedisUnavailable):
+    """Redis was not even asked: it failed recently (no new error to count)."""
+
+
+def new_epoch() -> str:
+    return os.urandom(8).hex()
+
+
+class Store:
+    """The protocol. Subclasses provide :meth:`command` and :meth:`pause`."""
+
+    is_async: ClassVar[bool] = False
+    failures: ClassVar[tuple[type[BaseException], ...]] = (redis.RedisError,)
+    """What the client raises when Redis fails (turned into :class:`RedisUnavailable`)."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.breaker = CircuitBreaker(retry_after)
+
+    # -- the I/O edge ---------------------------------------------------------------------------
+
+    def command(self, *args: Any) -> Any:
+        """One round trip: send ``args`` as one command, return the reply undecoded. Raises the
+        client's own errors (callers go through the breaker with :meth:`_call`)."""
+        raise NotImplementedError
+
+    def pause(self, seconds: float) -> None:
+        """Wait (the stampede wait): a sleep, or an awaited one that lets the event loop run."""
+        raise NotImplementedError
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    def lookup(
+        self,
+        keys: EntryKeys,
+        *,
+        ttl_ms: int,
+        snapshot: int | None,
+        header: bytes,
+        token: str,
+        lock_ms: int,
+    ) -> LookupReply:
+        args = [
+            new_epoch(), ttl_ms, len(keys.versions), "" if snapshot is None else snapshot,
+            header, token, lock_ms,
+        ]  # fmt: skip
+        raw = self._call(LOOKUP, keys.all(), args)
+        epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
+        return LookupReply(
+            epoch, int(raw[1]), bool(raw[2]), raw[3], bool(raw[4]), bool(raw[5]), tuple(raw[6:])
+        )
+
+    def clock(self, clock: str) -> int:
+        """The current write counter (0 if the clock does not exist yet)."""
+        return int(self._guarded(self.command, "HGET", clock, "n") or 0)
+
+    def store(
+        self,
+        keys: EntryKeys,
+        *,
+        epoch: str,
+        versions: Sequence[int],
+        entry: bytes,
+        token: str,
+        ttl_ms: int,
+    ) -> bool:
+        """Store ``entry`` if nothing moved since the lookup; releases the lock either way."""
+        args = [epoch, ttl_ms, len(keys.versions), entry, token, *versions]
+        return bool(self._call(STORE, keys.all(), args))
+
+    def release(self, keys: EntryKeys, token: str) -> None:
+        """Give the lock up without storing (the result turned out not to be storable)."""
+        self._call(RELEASE, [keys.clock, keys.entry, keys.lock], [token])
+
+    def bump(
+        self,
+        clock: str,
+        versions: Sequence[str],
+        writing: Sequence[str],
+        *,
+        mode: str,
+        token: str,
+        lease_ms: int,
+        ttl_ms: int,
+        all_tables: bool,
+    ) -> int:
+        keys = [clock, *versions, *writing]
+        args = [new_epoch(), ttl_ms, len(versions), mode, token, lease_ms]
+        args.append(new_epoch() if all_tables else "")
+        return int(self._call(BUMP, keys, args))
+
+    def delete_matching(self, pattern: str) -> int:
+        """Delete every key matching ``pattern`` with SCAN + UNLINK (never KEYS, never FLUSHDB).
+        An operations tool: never on a request path. Errors are the client's own."""
+        deleted, cursor = 0, b"0"
+        while True:
+            cursor, keys = self.command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            if keys:
+                deleted += int(self.command("UNLINK", *keys))
+            if int(cursor) == 0:
+                return deleted
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _call(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._guarded(self._evalsha, script, keys, args)
+
+    def _evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH)
+            self.command("SCRIPT", "LOAD", script.source)
+            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def _guarded(self, call: Any, *args: Any) -> Any:
+        if not self.breaker.allows():
+            raise CircuitOpen("circuit open after a recent Redis error")
+        try:
+            return call(*args)
+        except self.failures as exc:
+            self.breaker.trip()
+            raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
