@@ -196,24 +196,26 @@ class QueryCache:
     # -- checks ---------------------------------------------------------------------------------
 
     def _sync_engine(self, engine: object) -> Engine:
-        """The Engine the events go on, if the client suits it; TypeError saying what to use."""
+        """The Engine the events go on (an ``AsyncEngine``'s ``sync_engine``), if the client suits
+        its driver; TypeError saying what to use instead."""
         if isinstance(engine, AsyncEngine):
-            if not self.is_async:
-                raise TypeError(
-                    "an AsyncEngine needs a cache on a redis.asyncio client: "
-                    "QueryCache(redis.asyncio.Redis(...)) or QueryCache.from_url(url, asyncio=True)"
-                )
-            return engine.sync_engine
-        if isinstance(engine, Engine):
-            if self.is_async:
-                raise TypeError(
-                    "a synchronous Engine needs a cache on a synchronous redis.Redis client "
-                    "(this one has a redis.asyncio client: install it on an AsyncEngine)"
-                )
-            return engine
-        raise TypeError(
-            f"install() needs a sqlalchemy Engine or AsyncEngine, got {type(engine).__qualname__}"
-        )
+            engine = engine.sync_engine
+        if not isinstance(engine, Engine):
+            raise TypeError(
+                "install() needs a sqlalchemy Engine or AsyncEngine, "
+                f"got {type(engine).__qualname__}"
+            )
+        if engine.dialect.is_async and not self.is_async:
+            raise TypeError(
+                "an AsyncEngine needs a cache on a redis.asyncio client: "
+                "QueryCache(redis.asyncio.Redis(...)) or QueryCache.from_url(url, asyncio=True)"
+            )
+        if self.is_async and not engine.dialect.is_async:
+            raise TypeError(
+                "a synchronous Engine needs a cache on a synchronous redis.Redis client "
+                "(this one has a redis.asyncio client: install it on an AsyncEngine)"
+            )
+        return engine
 
     def _refuse_blocking(self, method: str) -> None:
         """An asyncio cache's sync methods work only inside SQLAlchemy's greenlet (``run_sync``,

@@ -3,8 +3,10 @@
 A DELETE or UPDATE of ``department`` also changes ``employee`` if a foreign key from ``employee``
 says ``ON DELETE CASCADE`` / ``SET NULL`` / ``SET DEFAULT`` (or the same ``ON UPDATE``); the
 database does it, so no statement we see names ``employee``. The foreign keys are read from the
-database itself, on the committing connection, the first time a commit needs them and again after
-any DDL (which may have added or dropped one). Triggers stay invisible: see the README's limits.
+database itself, on the committing connection, the first time a commit writes a table of a schema,
+and again after any DDL (which may have added or dropped one). Each query names its schema: an
+``information_schema`` query over every schema would open every table of the server and wait on
+any metadata lock held anywhere. Triggers stay invisible: see the README's limits.
 """
 
 from __future__ import annotations
@@ -17,57 +19,67 @@ from .tables import ALL_TABLES
 
 log = logging.getLogger("sa_redis_cache")
 
-# every schema of the server: a write through this engine may name another schema's table
+# foreign keys that point into one schema (%s) and change their rows when the parent changes
 _MYSQL_QUERY = """
-SELECT CONSTRAINT_SCHEMA, TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA, REFERENCED_TABLE_NAME
+SELECT CONSTRAINT_SCHEMA, TABLE_NAME, REFERENCED_TABLE_NAME
 FROM information_schema.REFERENTIAL_CONSTRAINTS
-WHERE DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')
-   OR UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')
+WHERE UNIQUE_CONSTRAINT_SCHEMA = %s
+  AND (DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')
+       OR UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT'))
 """
 _CHANGING_RULES = {"CASCADE", "SET NULL", "SET DEFAULT"}
 
 
 class CascadeMap:
-    """parent table -> child tables its writes can change, for one database."""
+    """parent table -> child tables its writes can change, schema by schema, for one engine."""
 
-    def __init__(self, dialect_name: str, table_name: Callable[[str, str | None], str]) -> None:
+    def __init__(
+        self,
+        dialect_name: str,
+        table_name: Callable[[str, str | None], str],
+        default_schema: str,
+    ) -> None:
         self._dialect = dialect_name
         self._table_name = table_name
-        self._children: dict[str, set[str]] | None = None
+        self._default_schema = default_schema
+        self._children: dict[str, dict[str, set[str]]] = {}
+        """schema -> parent -> children, for the schemas read so far"""
 
     def forget(self) -> None:
         """The schema changed: read the foreign keys again before the next use."""
-        self._children = None
+        self._children = {}
 
     def expand(self, tables: frozenset[str], dbapi_connection: Any) -> frozenset[str]:
         """``tables`` plus every table a cascade from them can reach."""
         if not tables or ALL_TABLES in tables:
             return tables
-        children = self._children
-        if children is None:
-            try:
-                children = self._children = self._load(dbapi_connection)
-            except Exception as exc:  # any driver error: fall back to "everything may change"
-                log.warning("could not read foreign keys for cascades (%s); invalidating all", exc)
-                return frozenset({ALL_TABLES})
         reached = set(tables)
         todo = list(tables)
         while todo:
-            for child in children.get(todo.pop(), ()):
+            table = todo.pop()
+            schema = table.rpartition(".")[0] or self._default_schema
+            children = self._children.get(schema)
+            if children is None:
+                try:
+                    children = self._children[schema] = self._load(dbapi_connection, schema)
+                except Exception as exc:  # any driver error: "everything may change"
+                    log.warning("could not read foreign keys (%s); invalidating all tables", exc)
+                    return frozenset({ALL_TABLES})
+            for child in children.get(table, ()):
                 if child not in reached:
                     reached.add(child)
                     todo.append(child)
         return frozenset(reached)
 
-    def _load(self, dbapi_connection: Any) -> dict[str, set[str]]:
+    def _load(self, dbapi_connection: Any, schema: str) -> dict[str, set[str]]:
         pairs: list[tuple[str, str]] = []  # (child, parent) in key spelling
         cursor = dbapi_connection.cursor()
         try:
             if self._dialect in ("mysql", "mariadb"):
-                cursor.execute(_MYSQL_QUERY)
+                cursor.execute(_MYSQL_QUERY, (schema,))
                 pairs = [
                     (self._table_name(child, child_schema), self._table_name(parent, schema))
-                    for child_schema, child, schema, parent in cursor.fetchall()
+                    for child_schema, child, parent in cursor.fetchall()
                 ]
             elif self._dialect == "sqlite":
                 cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'")

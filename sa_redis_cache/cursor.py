@@ -43,3 +43,7 @@ class BufferedCursor:
     def close(self) -> None:
         self._rows = ()
         self._position = 0
+
+    async def _async_soft_close(self) -> None:
+        """What an ``AsyncSession`` calls on the cursor of a buffered result (as SQLAlchemy's
+        asyncio cursor adapters define it): the rows are in memory, there is nothing to close."""

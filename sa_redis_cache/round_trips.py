@@ -12,10 +12,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
+import redis.asyncio
 
 
 class RedisCommandLog:
-    """The names of the commands sent by the clients made with :meth:`client`, in order."""
+    """The names of the commands sent by the clients made with :meth:`client` (or
+    :meth:`async_client`), in order."""
 
     def __init__(self) -> None:
         self.commands: list[str] = []
@@ -37,6 +39,24 @@ class RedisCommandLog:
                 super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
         return redis.Redis.from_url(url, connection_class=RecordingConnection, **options)
+
+    def async_client(self, url: str, **options: Any) -> redis.asyncio.Redis:
+        """The same for ``redis.asyncio.Redis``."""
+        log = self.commands
+
+        class RecordingConnection(redis.asyncio.Connection):
+            async def connect(self) -> None:
+                try:
+                    await super().connect()  # type: ignore[no-untyped-call]
+                except BaseException:
+                    log.append("(connect)")
+                    raise
+
+            async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                log.append(_command_name(command))
+                await super().send_packed_command(command, check_health)
+
+        return redis.asyncio.Redis.from_url(url, connection_class=RecordingConnection, **options)
 
     def clear(self) -> None:
         self.commands.clear()

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 
 from sa_redis_cache import QueryCache
 from sa_redis_cache.round_trips import RedisCommandLog
-from tests.conftest import caching_sessionmaker, unique_namespace
+from tests.conftest import caching_sessionmaker, in_flavor, is_async, unique_namespace
 from tests.models import Department, Employee, Project
 
 pytestmark = pytest.mark.usefixtures("seeded")
@@ -24,17 +24,20 @@ SENT = RedisCommandLog()
 
 @pytest.fixture
 def recorded(engine: Engine, redis_url: str) -> Iterator[tuple[QueryCache, Any]]:
-    client = SENT.client(redis_url, socket_timeout=1)
-    cache = QueryCache(client, namespace=unique_namespace("test-cost"))
-    cache.clear()
+    make_client = SENT.async_client if is_async(engine) else SENT.client
+    cache = QueryCache(make_client(redis_url, socket_timeout=1), namespace=unique_namespace("cost"))
     cache.install(engine)
     cached = caching_sessionmaker(engine)
-    with cached() as session:  # load the scripts once
-        session.scalars(select(Department)).all()
+
+    def load_the_scripts() -> None:
+        with cached() as session:
+            session.scalars(select(Department)).all()
+
+    in_flavor(engine, load_the_scripts)
     SENT.clear()
     yield cache, cached
     cache.uninstall(engine)
-    cache.clear()
+    in_flavor(engine, cache.clear)
 
 
 def test_round_trips_per_hit_miss_and_commit(recorded: tuple[QueryCache, Any]) -> None:
@@ -59,21 +62,24 @@ def test_round_trips_per_hit_miss_and_commit(recorded: tuple[QueryCache, Any]) -
     assert set(SENT.commands) == {"EVALSHA"}
 
 
-def test_every_key_has_a_ttl_and_none_grows_per_entry(recorded: tuple[QueryCache, Any]) -> None:
+def test_every_key_has_a_ttl_and_none_grows_per_entry(
+    recorded: tuple[QueryCache, Any], redis_inspector: redis.Redis
+) -> None:
     cache, cached = recorded
+    client = redis_inspector
     with cached() as session:
         for employee_id in range(1, 200):
             session.get(Employee, employee_id)
         session.get(Employee, 1).name = "x"  # type: ignore[union-attr]
         session.commit()
-    keys = list(cache.client.scan_iter(match="{" + cache.namespace + "}:*"))
+    keys = list(client.scan_iter(match="{" + cache.namespace + "}:*"))
     kinds: dict[str, int] = {}
     for key in keys:
-        assert cache.client.pttl(key) > 0, key
+        assert client.pttl(key) > 0, key
         kind = key.decode().split(":")[1]
         kinds[kind] = kinds.get(kind, 0) + 1
-        if cache.client.type(key) != b"string":  # the clock hash and write markers stay small
-            assert cache.client.memory_usage(key) < 1024, key
+        if client.type(key) != b"string":  # the clock hash and write markers stay small
+            assert client.memory_usage(key) < 1024, key
     assert kinds["e"] >= 199  # one key per entry ...
     assert len(keys) - kinds["e"] < 20  # ... and a handful of others, whatever the entry count
 
@@ -92,7 +98,9 @@ def test_clear_removes_only_its_namespace(engine: Engine, redis_url: str) -> Non
     client = redis.Redis.from_url(redis_url)
     bystander = "{" + unique_namespace("test-bystander") + "}:x"
     client.set(bystander, 1, px=60_000)
-    cache = QueryCache.from_url(redis_url, namespace=unique_namespace("test-clear"))
+    cache = QueryCache.from_url(
+        redis_url, asyncio=is_async(engine), namespace=unique_namespace("test-clear")
+    )
     cache.install(engine)
     try:
         with caching_sessionmaker(engine)() as session:

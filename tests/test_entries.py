@@ -26,8 +26,12 @@ from sa_redis_cache.serialization import (
     entry_header,
     entry_signature,
 )
-from tests.conftest import DatabaseReads
+from tests.conftest import SYNC_FLAVORS, DatabaseReads
 from tests.models import Department, Employee
+
+# not yet run in the async flavors: these tests inspect Redis through the cache's own client
+pytestmark = pytest.mark.flavors(*SYNC_FLAVORS)
+
 
 ROW_VALUES: list[Any] = [
     None, True, 0, -(2**63), 2**64 + 1, 1.5, "text ü", b"\x00\xff", bytearray(b"ba"),

@@ -24,7 +24,13 @@ import sa_redis_cache.reads
 from sa_redis_cache import QueryCache
 from sa_redis_cache.tables import StatementKind, TableDetector
 from sa_redis_cache.wiring import EngineWiring
-from tests.conftest import DatabaseReads, caching_sessionmaker, unique_namespace
+from tests.conftest import (
+    DatabaseReads,
+    caching_sessionmaker,
+    dispose,
+    engine_like,
+    unique_namespace,
+)
 from tests.models import Department, Employee
 
 
@@ -331,7 +337,7 @@ def test_read_uncommitted_rows_are_never_stored(
     mariadb: Engine, mysql_url: Any, query_cache: QueryCache
 ) -> None:
     """A dirty read may see rows that are then rolled back: it must never reach the cache."""
-    dirty = create_engine(mysql_url, isolation_level="READ UNCOMMITTED")
+    dirty = engine_like(mariadb, isolation_level="READ UNCOMMITTED")
     query_cache.install(mariadb)
     query_cache.install(dirty)
     try:
@@ -345,7 +351,7 @@ def test_read_uncommitted_rows_are_never_stored(
         assert names(caching_sessionmaker(mariadb))[0] == "ann"
     finally:
         query_cache.uninstall(dirty)
-        dirty.dispose()
+        dispose(dirty)
 
 
 @pytest.mark.parametrize(
@@ -362,7 +368,7 @@ def test_a_connection_changed_behind_the_cache_is_left_alone(
 ) -> None:
     """After SQL that changes what later SQL on that connection means, the connection reads from
     the database and every write on it invalidates everything at once, until it is closed."""
-    engine = create_engine(mysql_url, pool_size=1, max_overflow=0)  # one pooled connection
+    engine = engine_like(mariadb, pool_size=1, max_overflow=0)  # one pooled connection
     query_cache.install(engine)
     query_cache.install(mariadb)
     schema = mysql_url.database
@@ -380,10 +386,11 @@ def test_a_connection_changed_behind_the_cache_is_left_alone(
         assert reads.count == 2
         reads.close()
         other = caching_sessionmaker(mariadb)
-        assert list(other().scalars(select(Department.name).order_by(Department.id))) == [
-            "sales",
-            "ops",
-        ]
+        with other() as session:
+            assert session.scalars(select(Department.name).order_by(Department.id)).all() == [
+                "sales",
+                "ops",
+            ]
         with engine.connect() as conn:  # no commit(): SET autocommit = 1 made it stick anyway
             conn.execute(text(f"UPDATE {schema}.department SET name = 'moved' WHERE id = 1"))
             if "autocommit" not in statement:
@@ -394,7 +401,7 @@ def test_a_connection_changed_behind_the_cache_is_left_alone(
             )
     finally:
         query_cache.uninstall(engine)
-        engine.dispose()
+        dispose(engine)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

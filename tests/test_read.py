@@ -289,7 +289,7 @@ def test_caching_is_opt_in_per_session_and_per_statement(
 
 @pytest.mark.usefixtures("seeded")
 def test_caching_query_cache_method_and_ttl(
-    engine: Any, query_cache: QueryCache, db_reads: DatabaseReads
+    engine: Any, query_cache: QueryCache, db_reads: DatabaseReads, redis_inspector: Any
 ) -> None:
     from sa_redis_cache import CachingQuery
 
@@ -299,8 +299,8 @@ def test_caching_query_cache_method_and_ttl(
             session.query(Project).cache(ttl=30).all()  # type: ignore[attr-defined]
     assert db_reads.count == 1
     ttls = [
-        query_cache.client.pttl(key)
-        for key in query_cache.client.scan_iter(match="{" + query_cache.namespace + "}:e:*")
+        redis_inspector.pttl(key)
+        for key in redis_inspector.scan_iter(match="{" + query_cache.namespace + "}:e:*")
     ]
     assert ttls and all(0 < ttl <= 30_000 for ttl in ttls)
 

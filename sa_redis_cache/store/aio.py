@@ -8,18 +8,23 @@ knows it is async.
 
 Cancellation (``asyncio.CancelledError``, ``asyncio.timeout``) passes through untouched: it belongs
 to the application. redis-py's asyncio connection drops itself when a send or a read is
-interrupted, so a cancelled request never leaves a half-read reply on a pooled connection.
+interrupted, so a cancelled request never leaves a half-read reply on a pooled connection. A
+lookup or a store may be abandoned (the entry is only a copy); a commit's bump may not, so it runs
+shielded and completes on the loop even when the task that committed is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import redis.asyncio
 from sqlalchemy.util import await_
 
 from .base import Store
+
+log = logging.getLogger("sa_redis_cache")
 
 
 class AsyncStore(Store):
@@ -33,6 +38,12 @@ class AsyncStore(Store):
     def command(self, *args: Any) -> Any:
         return await_(self._command(args))
 
+    def command_to_the_end(self, *args: Any) -> Any:
+        # shielded: if the task is cancelled meanwhile, the command still completes on the loop
+        finishing = asyncio.ensure_future(self._command(args))
+        finishing.add_done_callback(_report_if_abandoned)
+        return await_(asyncio.shield(finishing))
+
     async def _command(self, args: tuple[Any, ...]) -> Any:
         connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
@@ -43,3 +54,9 @@ class AsyncStore(Store):
 
     def pause(self, seconds: float) -> None:
         await_(asyncio.sleep(seconds))
+
+
+def _report_if_abandoned(finished: asyncio.Future[Any]) -> None:
+    """A shielded command whose caller was cancelled: nobody else will see how it ended."""
+    if not finished.cancelled() and (error := finished.exception()) is not None:
+        log.warning("a bump whose commit was cancelled did not reach Redis: %s", error)

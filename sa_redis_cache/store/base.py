@@ -15,7 +15,7 @@ script the server forgot, which is not a failure).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import redis
@@ -53,6 +53,11 @@ class Store:
         """One round trip: send ``args`` as one command, return the reply undecoded. Raises the
         client's own errors (callers go through the breaker with :meth:`_call`)."""
         raise NotImplementedError
+
+    def command_to_the_end(self, *args: Any) -> Any:
+        """:meth:`command` for a write that must reach Redis even if the caller gives up waiting
+        (a commit's bump): where the caller can be cancelled, the command finishes anyway."""
+        return self.command(*args)
 
     def pause(self, seconds: float) -> None:
         """Wait (the stampede wait): a sleep, or an awaited one that lets the event loop run."""
@@ -117,7 +122,9 @@ class Store:
         keys = [clock, *versions, *writing]
         args = [new_epoch(), ttl_ms, len(versions), mode, token, lease_ms]
         args.append(new_epoch() if all_tables else "")
-        return int(self._call(BUMP, keys, args))
+        # a cancelled commit must still bump: a lost second bump would leave the REPEATABLE READ
+        # window open for transactions that outlive the writer's lease
+        return int(self._guarded(self._evalsha, BUMP, keys, args, self.command_to_the_end))
 
     def delete_matching(self, pattern: str) -> int:
         """Delete every key matching ``pattern`` with SCAN + UNLINK (never KEYS, never FLUSHDB).
@@ -133,14 +140,20 @@ class Store:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _call(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._guarded(self._evalsha, script, keys, args)
+        return self._guarded(self._evalsha, script, keys, args, self.command)
 
-    def _evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def _evalsha(
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        send: Callable[..., Any],
+    ) -> Any:
         try:
-            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return send("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH)
-            self.command("SCRIPT", "LOAD", script.source)
-            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+            send("SCRIPT", "LOAD", script.source)
+            return send("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _guarded(self, call: Any, *args: Any) -> Any:
         if not self.breaker.allows():
