@@ -40,7 +40,9 @@ wait_for Redis 30 redis_up
 if ! mariadb_up >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/mariadbd ]; then
         echo "services: starting MariaDB on 127.0.0.1:3306"
-        start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+        # by its pid file: a throwaway mariadbd of a test (same executable) must not pass for it
+        start-stop-daemon --start --oknodo --background --pidfile /run/mysqld/mysqld.pid \
+            --exec /usr/sbin/mariadbd
     else
         echo "services: MariaDB is not answering on 127.0.0.1:3306 (user root, no password); start" \
             "it (Debian: 'service mariadb start') or point SA_REDIS_CACHE_TEST_MYSQL_URL at one" >&2

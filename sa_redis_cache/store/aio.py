@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio
-from sqlalchemy.util import await_
+from sqlalchemy.util import await_, greenlet_spawn
 
-from .base import Store
+from .base import Store, T
 
 log = logging.getLogger("sa_redis_cache")
 
@@ -38,9 +39,9 @@ class AsyncStore(Store):
     def command(self, *args: Any) -> Any:
         return await_(self._command(args))
 
-    def command_to_the_end(self, *args: Any) -> Any:
-        # shielded: if the task is cancelled meanwhile, the command still completes on the loop
-        finishing = asyncio.ensure_future(self._command(args))
+    def to_the_end(self, work: Callable[[], T]) -> T:
+        # a task of its own, shielded: if the caller's task is cancelled, the work still completes
+        finishing = asyncio.ensure_future(greenlet_spawn(work))
         finishing.add_done_callback(_report_if_abandoned)
         return await_(asyncio.shield(finishing))
 

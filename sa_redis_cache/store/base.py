@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import redis
 from redis.exceptions import NoScriptError
 
 from .breaker import CircuitBreaker
 from .scripts import BUMP, LOOKUP, RELEASE, STORE, EntryKeys, LookupReply, LuaScript
+
+T = TypeVar("T")
 
 
 class RedisUnavailable(Exception):
@@ -54,10 +56,10 @@ class Store:
         client's own errors (callers go through the breaker with :meth:`_call`)."""
         raise NotImplementedError
 
-    def command_to_the_end(self, *args: Any) -> Any:
-        """:meth:`command` for a write that must reach Redis even if the caller gives up waiting
-        (a commit's bump): where the caller can be cancelled, the command finishes anyway."""
-        return self.command(*args)
+    def to_the_end(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (commands) to its end even if the caller gives up waiting for it: where a
+        caller can be cancelled, the work goes on without it. For a commit's bump."""
+        return work()
 
     def pause(self, seconds: float) -> None:
         """Wait (the stampede wait): a sleep, or an awaited one that lets the event loop run."""
@@ -124,7 +126,7 @@ class Store:
         args.append(new_epoch() if all_tables else "")
         # a cancelled commit must still bump: a lost second bump would leave the REPEATABLE READ
         # window open for transactions that outlive the writer's lease
-        return int(self._guarded(self._evalsha, BUMP, keys, args, self.command_to_the_end))
+        return int(self._guarded(self.to_the_end, lambda: self._evalsha(BUMP, keys, args)))
 
     def delete_matching(self, pattern: str) -> int:
         """Delete every key matching ``pattern`` with SCAN + UNLINK (never KEYS, never FLUSHDB).
@@ -140,20 +142,14 @@ class Store:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _call(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._guarded(self._evalsha, script, keys, args, self.command)
+        return self._guarded(self._evalsha, script, keys, args)
 
-    def _evalsha(
-        self,
-        script: LuaScript,
-        keys: Sequence[str],
-        args: Sequence[Any],
-        send: Callable[..., Any],
-    ) -> Any:
+    def _evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return send("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:  # the server lost its script cache (restart, SCRIPT FLUSH)
-            send("SCRIPT", "LOAD", script.source)
-            return send("EVALSHA", script.sha, len(keys), *keys, *args)
+            self.command("SCRIPT", "LOAD", script.source)
+            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _guarded(self, call: Any, *args: Any) -> Any:
         if not self.breaker.allows():
