@@ -2,6 +2,8 @@
 
 There is no cache code here beyond switching it on: ``QueryCache.install`` and the session option.
 Each response says what the cache did for it (``X-Cache``) and how long it took (``Server-Timing``).
+Every answer, errors included, is JSON of a shape the OpenAPI document describes (``schemas.py``);
+a method a path does not have gets 405 with ``Allow`` naming the ones it has.
 """
 
 from __future__ import annotations
@@ -15,12 +17,30 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.convertors import StringConvertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from example_app.models import Department, Employee
+from example_app.schemas import (
+    REPORT_HEADERS,
+    CacheStats,
+    Deleted,
+    DepartmentIn,
+    DepartmentList,
+    EmployeeIn,
+    EmployeeList,
+    Health,
+    OneDepartment,
+    OneEmployee,
+    PathId,
+    PathName,
+    Written,
+    errors,
+)
 from example_app.settings import database_url, make_engine, redis_client
 from sa_redis_cache import CachingQuery, QueryCache, record
 
@@ -28,13 +48,14 @@ SERVING = f"{socket.gethostname()}:{os.getpid()}"
 CORES = os.cpu_count() or 1
 
 
-class DepartmentIn(BaseModel):
-    department_name: str = Field(min_length=1, max_length=45)
+class _AnyText(StringConvertor):
+    """A path parameter that may hold any text a name may hold: "/" (sent as %2F) and line breaks
+    included, which Starlette's ``str`` (no "/") and ``path`` (no line break) refuse with 404."""
+
+    regex = "(?s:.+)"
 
 
-class EmployeeIn(BaseModel):
-    employee_name: str = Field(min_length=1, max_length=255)
-    department_id: int = Field(gt=0)
+register_url_convertor("text", _AnyText())
 
 
 def _body(**fields: Any) -> dict[str, Any]:
@@ -73,6 +94,26 @@ def _get_or_404(db: Session, model: type[Any], key: int) -> Any:
     return found
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of this path answers (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+def _links(operations: dict[str, str], **parameters: str) -> dict[str, Any]:
+    """OpenAPI links from a created resource to the operations on it (stateful fuzzers follow
+    them: create, then read, update, delete what was created)."""
+    return {
+        name: {"operationId": operation_id, "parameters": parameters}
+        for name, operation_id in operations.items()
+    }
+
+
 def create_app(
     database_url_: str | None = None, redis_url: str | None = None, namespace: str | None = None
 ) -> FastAPI:
@@ -87,6 +128,18 @@ def create_app(
     app = FastAPI(title="sa_redis_cache demo: the seed's REST API")
     app.state.engine, app.state.cache, app.state.sessions = engine, cache, sessions
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, plus the headers the middleware below adds to every answer."""
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            for path_item in document["paths"].values():
+                for operation in path_item.values():
+                    for response in operation["responses"].values():
+                        response.setdefault("headers", {}).update(REPORT_HEADERS)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.middleware("http")
     async def cache_report(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -100,9 +153,12 @@ def create_app(
         response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1e3:.2f}"
         return response
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(_body(error=exc.detail), status_code=exc.status_code)
+    @app.exception_handler(StarletteHTTPException)  # also the routing's own 404, 405 and 400
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return JSONResponse(_body(error=exc.detail), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -117,81 +173,156 @@ def create_app(
             db.rollback()  # nothing half-written
             raise HTTPException(409, conflict) from None
 
-    @app.get("/")
+    @app.get("/", operation_id="health", response_model=Health)
     def health() -> dict[str, Any]:
         return _body(status="ok")
 
-    @app.get("/api/v1/cache/stats")
+    @app.get("/api/v1/cache/stats", operation_id="cacheStats", response_model=CacheStats)
     def cache_stats() -> dict[str, Any]:
         return _body(**cache.stats())
 
     crud = "/api/v1/crud"
+    on_employee = {
+        "GetEmployee": "getEmployee",
+        "UpdateEmployee": "updateEmployee",
+        "DeleteEmployee": "deleteEmployee",
+    }
+    on_department = {
+        "GetDepartment": "getDepartment",
+        "UpdateDepartment": "updateDepartment",
+        "DeleteDepartment": "deleteDepartment",
+    }
 
-    @app.get(f"{crud}/employees")
+    @app.get(f"{crud}/employees", operation_id="listEmployees", response_model=EmployeeList)
     def list_employees(db: Db) -> dict[str, Any]:
         return _body(employees=[_employee_json(r) for r in db.execute(_employees())])
 
-    @app.get(f"{crud}/employees/{{employee_id}}")
-    def get_employee(employee_id: int, db: Db) -> dict[str, Any]:
+    @app.get(
+        f"{crud}/employees/{{employee_id}}",
+        operation_id="getEmployee",
+        response_model=OneEmployee,
+        responses=errors(404, 422),
+    )
+    def get_employee(employee_id: PathId, db: Db) -> dict[str, Any]:
         row = db.execute(_employees().where(Employee.id == employee_id)).first()
         if row is None:
             raise HTTPException(404, f"no employee {employee_id}")
         return _body(employee=_employee_json(row))
 
-    @app.post(f"{crud}/employees", status_code=201)
+    @app.post(
+        f"{crud}/employees",
+        operation_id="createEmployee",
+        status_code=201,
+        response_model=Written,
+        responses={
+            **errors(400, 409, 422),
+            201: {"links": _links(on_employee, employee_id="$response.body#/id")},
+        },
+    )
     def create_employee(body: EmployeeIn, db: Db) -> dict[str, Any]:
         employee = Employee(name=body.employee_name, department_id=body.department_id)
         db.add(employee)
         commit_or_conflict(db, f"no department {body.department_id}")
         return _body(id=employee.id)
 
-    @app.put(f"{crud}/employees/{{employee_id}}")
-    def update_employee(employee_id: int, body: EmployeeIn, db: Db) -> dict[str, Any]:
+    @app.put(
+        f"{crud}/employees/{{employee_id}}",
+        operation_id="updateEmployee",
+        response_model=Written,
+        responses=errors(400, 404, 409, 422),
+    )
+    def update_employee(employee_id: PathId, body: EmployeeIn, db: Db) -> dict[str, Any]:
         employee = _get_or_404(db, Employee, employee_id)
         employee.name, employee.department_id = body.employee_name, body.department_id
         commit_or_conflict(db, f"no department {body.department_id}")
         return _body(id=employee_id)
 
-    @app.delete(f"{crud}/employees/{{employee_id}}")
-    def delete_employee(employee_id: int, db: Db) -> dict[str, Any]:
+    @app.delete(
+        f"{crud}/employees/{{employee_id}}",
+        operation_id="deleteEmployee",
+        response_model=Deleted,
+        responses=errors(404, 422),
+    )
+    def delete_employee(employee_id: PathId, db: Db) -> dict[str, Any]:
         employee = _get_or_404(db, Employee, employee_id)
         db.delete(employee)
         db.commit()
         return _body(id=str(employee_id))
 
-    @app.get(f"{crud}/departments")
+    @app.get(f"{crud}/departments", operation_id="listDepartments", response_model=DepartmentList)
     def list_departments(db: Db) -> dict[str, Any]:
         departments = db.scalars(select(Department).order_by(Department.id))
         return _body(departments=[_department_json(d) for d in departments])
 
-    @app.get(f"{crud}/departments/{{department_id}}")
-    def get_department(department_id: int, db: Db) -> dict[str, Any]:
+    @app.get(
+        f"{crud}/departments/{{department_id}}",
+        operation_id="getDepartment",
+        response_model=OneDepartment,
+        responses=errors(404, 422),
+    )
+    def get_department(department_id: PathId, db: Db) -> dict[str, Any]:
         department = _get_or_404(db, Department, department_id)
         return _body(department=_department_json(department))
 
-    @app.post(f"{crud}/departments", status_code=201)
+    @app.post(
+        f"{crud}/departments",
+        operation_id="createDepartment",
+        status_code=201,
+        response_model=Written,
+        responses={
+            **errors(400, 422),
+            201: {
+                "links": {
+                    **_links(on_department, department_id="$response.body#/id"),
+                    "GetEmployeesOfDepartment": {
+                        "operationId": "getEmployeeByDepartment",
+                        "parameters": {"name": "$request.body#/department_name"},
+                    },
+                    "CreateEmployeeInDepartment": {
+                        "operationId": "createEmployee",
+                        "requestBody": {"department_id": "$response.body#/id"},
+                    },
+                }
+            },
+        },
+    )
     def create_department(body: DepartmentIn, db: Db) -> dict[str, Any]:
         department = Department(name=body.department_name)
         db.add(department)
         db.commit()
         return _body(id=department.id)
 
-    @app.put(f"{crud}/departments/{{department_id}}")
-    def update_department(department_id: int, body: DepartmentIn, db: Db) -> dict[str, Any]:
+    @app.put(
+        f"{crud}/departments/{{department_id}}",
+        operation_id="updateDepartment",
+        response_model=Written,
+        responses=errors(400, 404, 422),
+    )
+    def update_department(department_id: PathId, body: DepartmentIn, db: Db) -> dict[str, Any]:
         department = _get_or_404(db, Department, department_id)
         department.name = body.department_name
         db.commit()
         return _body(id=department_id)
 
-    @app.delete(f"{crud}/departments/{{department_id}}")
-    def delete_department(department_id: int, db: Db) -> dict[str, Any]:
+    @app.delete(
+        f"{crud}/departments/{{department_id}}",
+        operation_id="deleteDepartment",
+        response_model=Deleted,
+        responses=errors(404, 409, 422),
+    )
+    def delete_department(department_id: PathId, db: Db) -> dict[str, Any]:
         department = _get_or_404(db, Department, department_id)
         db.delete(department)
         commit_or_conflict(db, f"department {department_id} still has employees")
         return _body(id=str(department_id))
 
-    @app.get(f"{crud}/getEmployeeByDepartment/{{name}}")
-    def employees_by_department(name: str, db: Db) -> dict[str, Any]:
+    @app.get(
+        f"{crud}/getEmployeeByDepartment/{{name:text}}",
+        operation_id="getEmployeeByDepartment",
+        response_model=EmployeeList,
+        responses=errors(422),
+    )
+    def employees_by_department(name: PathName, db: Db) -> dict[str, Any]:
         rows = db.execute(_employees().where(Department.name == name))
         return _body(employees=[_employee_json(r) for r in rows])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -145,3 +146,89 @@ def test_conflicts_are_409_and_write_nothing(client: TestClient) -> None:
     moved = client.put(f"{CRUD}/employees/1", json={"employee_name": "y", "department_id": 99})
     assert moved.status_code == 409
     assert client.get(f"{CRUD}/employees").json()["employees"] == before
+
+
+@pytest.mark.parametrize("department_id", [2**31, 4503599627370496, -1])
+def test_ids_the_column_cannot_hold_are_422_not_500(client: TestClient, department_id: int) -> None:
+    """The id columns are INT: a body id beyond them is refused before it reaches the database."""
+    before = client.get(f"{CRUD}/employees").json()["employees"]
+    body = {"employee_name": "x", "department_id": department_id}
+    for response in (
+        client.post(f"{CRUD}/employees", json=body),
+        client.put(f"{CRUD}/employees/1", json=body),
+    ):
+        assert response.status_code == 422
+        assert [e["field"] for e in response.json()["fields"]] == ["department_id"]
+    assert client.get(f"{CRUD}/employees").json()["employees"] == before
+
+
+@pytest.mark.parametrize("path_id", ["0", str(2**31), str(10**30), "-5"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_path_ids_outside_the_column_range_are_422(
+    client: TestClient, method: str, path_id: str
+) -> None:
+    for resource, body in (
+        ("employees", {"employee_name": "x", "department_id": 1}),
+        ("departments", {"department_name": "x"}),
+    ):
+        response = client.request(method, f"{CRUD}/{resource}/{path_id}", json=body)
+        assert response.status_code == 422
+        assert response.json()["error"] == "invalid request"
+
+
+@pytest.mark.parametrize("path", ["/employees", "/departments"])
+def test_lone_surrogates_are_422_not_500(client: TestClient, path: str) -> None:
+    """JSON can spell a lone surrogate ("\\ud800"), which no column can store."""
+    raw = '{"employee_name": "a\\ud800", "department_name": "a\\udfff", "department_id": 1}'
+    response = client.post(CRUD + path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["fields"][0]["field"] in ("employee_name", "department_name")
+
+
+def test_any_text_a_column_can_store_round_trips(client: TestClient) -> None:
+    """Outside the BMP, NUL, line breaks, "/" and the longest name the columns hold."""
+    name = "R/D \U0010ffff\x00\n" + "é" * 38
+    assert len(name) == 45  # the column's length
+    created = client.post(f"{CRUD}/departments", json={"department_name": name})
+    assert created.status_code == 201
+    department_id = created.json()["id"]
+    employee = "\U0001f600" * 255
+    added = client.post(
+        f"{CRUD}/employees", json={"employee_name": employee, "department_id": department_id}
+    )
+    assert added.status_code == 201
+    found = client.get(f"{CRUD}/getEmployeeByDepartment/{quote(name, safe='')}")
+    assert [(e["name"], e["department_name"]) for e in found.json()["employees"]] == [
+        (employee, name)
+    ]
+    too_long = client.post(f"{CRUD}/departments", json={"department_name": name + "x"})
+    assert too_long.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/departments", "GET, POST"),
+        ("PATCH", "/employees", "GET, POST"),
+        ("OPTIONS", "/employees/1", "DELETE, GET, PUT"),
+        ("POST", "/departments/1", "DELETE, GET, PUT"),
+        ("DELETE", "/getEmployeeByDepartment/Sales", "GET"),
+    ],
+)
+def test_a_method_a_path_lacks_is_405_naming_those_it_has(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, CRUD + path)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == allow
+    assert response.json()["error"] == "Method Not Allowed"
+
+
+def test_a_body_that_is_not_utf8_is_400_in_the_apis_json(client: TestClient) -> None:
+    response = client.post(
+        f"{CRUD}/departments",
+        content=b'{"department_name": "\xc3("}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert set(response.json()) == {"error", "serving", "cores"}
