@@ -4,9 +4,11 @@ A DELETE or UPDATE of ``department`` also changes ``employee`` if a foreign key 
 says ``ON DELETE CASCADE`` / ``SET NULL`` / ``SET DEFAULT`` (or the same ``ON UPDATE``); the
 database does it, so no statement we see names ``employee``. The foreign keys are read from the
 database itself, on the committing connection, the first time a commit writes a table of a schema,
-and again after any DDL (which may have added or dropped one). Each query names its schema: an
-``information_schema`` query over every schema would open every table of the server and wait on
-any metadata lock held anywhere. Triggers stay invisible: see the README's limits.
+and again after any DDL (which may have added or dropped one). Each query names its schema as the
+child's and the parent's (the key columns of ``information_schema``'s table): a query over every
+schema would open every table of the server and wait on any metadata lock held anywhere. So a
+foreign key from a table of another schema is not followed, and triggers stay invisible: see the
+README's limits.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ from .tables import ALL_TABLES
 
 log = logging.getLogger("sa_redis_cache")
 
-# foreign keys that point into one schema (%s) and change their rows when the parent changes
+# foreign keys within one schema whose child rows change when the parent changes; waiting at most
+# a second for a table's metadata lock (then: "everything may change"), never the server's
+# lock_wait_timeout (a day by default) behind someone else's DDL
 _MYSQL_QUERY = """
-SELECT CONSTRAINT_SCHEMA, TABLE_NAME, REFERENCED_TABLE_NAME
+SELECT {hint} CONSTRAINT_SCHEMA, TABLE_NAME, REFERENCED_TABLE_NAME
 FROM information_schema.REFERENTIAL_CONSTRAINTS
-WHERE UNIQUE_CONSTRAINT_SCHEMA = %s
+WHERE CONSTRAINT_SCHEMA = %s AND UNIQUE_CONSTRAINT_SCHEMA = %s
   AND (DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')
        OR UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT'))
 """
+_MARIADB_QUERY = "SET STATEMENT lock_wait_timeout = 1 FOR " + _MYSQL_QUERY.format(hint="")
+_MYSQL8_QUERY = _MYSQL_QUERY.format(hint="/*+ SET_VAR(lock_wait_timeout = 1) */")
 _CHANGING_RULES = {"CASCADE", "SET NULL", "SET DEFAULT"}
 
 
@@ -38,8 +44,10 @@ class CascadeMap:
         dialect_name: str,
         table_name: Callable[[str, str | None], str],
         default_schema: str,
+        is_mariadb: Callable[[], bool] = lambda: False,
     ) -> None:
         self._dialect = dialect_name
+        self._is_mariadb = is_mariadb  # known once the dialect has connected
         self._table_name = table_name
         self._default_schema = default_schema
         self._children: dict[str, dict[str, set[str]]] = {}
@@ -76,7 +84,8 @@ class CascadeMap:
         cursor = dbapi_connection.cursor()
         try:
             if self._dialect in ("mysql", "mariadb"):
-                cursor.execute(_MYSQL_QUERY, (schema,))
+                query = _MARIADB_QUERY if self._is_mariadb() else _MYSQL8_QUERY
+                cursor.execute(query, (schema, schema))
                 pairs = [
                     (self._table_name(child, child_schema), self._table_name(parent, schema))
                     for child_schema, child, parent in cursor.fetchall()

@@ -96,16 +96,15 @@ class ReadPath:
         reason = self._bypass_reason(context, plan, state)
         if reason is None:
             try:
-                encoded = encode_parameters(parameters)
-            except (TypeError, ValueError, OverflowError) as exc:
-                reason = f"parameters cannot be encoded ({exc})"
+                entry_key, digest = self._keys.entry(statement, encode_parameters(parameters))
+            except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError too
+                reason = f"statement or parameters cannot be encoded ({exc})"
         if reason is not None:
             self.capture_snapshot(state)
             self._stats.count("bypasses")
             log.debug("not cached (%s): %.200s", reason, statement)
             return None
 
-        entry_key, digest = self._keys.entry(statement, encoded)
         table_keys = self._keys_for(plan.tables)
         lookup = _Lookup(
             EntryKeys(

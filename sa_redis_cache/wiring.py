@@ -85,7 +85,12 @@ class EngineWiring:
         )
         self.invalidator = Invalidator(store, self.keys, config, stats)
         self.reads = ReadPath(store, self.keys, self.invalidator, config, stats)
-        self.cascades = CascadeMap(dialect.name, self.detector.table_name, schema)
+        self.cascades = CascadeMap(
+            dialect.name,
+            self.detector.table_name,
+            schema,
+            is_mariadb=lambda: bool(getattr(dialect, "is_mariadb", False)),
+        )
         self._stats = stats
         self._errors = InternalErrors(stats)
         self._dml_takes_snapshot = dialect.name not in _SNAPSHOT_AT_FIRST_READ
