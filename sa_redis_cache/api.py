@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from .config import CacheConfig, normalize_table_name
 from .errors import CacheConfigurationError
+from .invalidation import Invalidator
 from .keys import server_identity
 from .redis_store import RedisStore
 from .stats import Stats
@@ -146,13 +147,26 @@ class QueryCache:
         if wiring is not None:
             wiring.uninstall()
 
-    def invalidate(self, *tables: str, engine: Engine | None = None) -> None:
+    def invalidate(
+        self, *tables: str, engine: Engine | None = None, database_id: str | None = None
+    ) -> None:
         """Make every entry that read one of ``tables`` dead (all entries if none are given), for
-        ``engine``'s database or for every engine the cache is installed on.
+        ``engine``'s database, for the server ``database_id`` names, or for every engine the cache
+        is installed on.
 
-        For writes the cache cannot see: triggers, other applications, manual SQL.
+        For writes the cache cannot see: triggers, other applications, manual SQL. With
+        ``database_id`` (the identity ``install()`` uses: ``keys.server_identity(url)`` unless
+        given explicitly) no engine is needed, and tables are named ``schema.table``.
         """
         names = frozenset(normalize_table_name(t) for t in tables) or frozenset({ALL_TABLES})
+        if database_id is not None:
+            unqualified = sorted(t for t in names if t != ALL_TABLES and "." not in t)
+            if unqualified:
+                raise CacheConfigurationError(
+                    f"with database_id, name tables as schema.table; got {unqualified[0]!r}"
+                )
+            self.server_invalidator(database_id).publish(names)
+            return
         with self._lock:
             wirings = [self._engines[engine]] if engine in self._engines else []
             if engine is None:
@@ -161,6 +175,13 @@ class QueryCache:
             raise CacheConfigurationError("invalidate() needs an engine the cache is installed on")
         for wiring in wirings:
             wiring.invalidator.publish(names)
+
+    def server_invalidator(self, database_id: str) -> Invalidator:
+        """Bumps tables (``schema.table``) of the server ``database_id`` names, through this
+        cache's store and settings, with no engine: for tools such as the binlog watcher."""
+        if not isinstance(database_id, str) or not database_id:
+            raise CacheConfigurationError("database_id must be a non-empty string")
+        return Invalidator.for_server(self._store, self.config, self._stats, database_id)
 
     def clear(self) -> int:
         """Delete every key of this namespace (never FLUSHDB). Returns how many were deleted.
