@@ -45,6 +45,10 @@ class QueryCache:
         wait for its result before reading the database too (0: never wait).
     :param cache_by_default: cache every read of the installed engines unless its session or
         statement says ``redis_cache=False`` (default: only where ``redis_cache=True`` is set).
+    :param require_watcher: serve and store entries only while a binlog watcher
+        (``sa-redis-cache watch-binlog``) following the engine's database server is alive and
+        caught up; otherwise every read goes to the database. For deployments where other
+        clients write the database: a dead watcher then never means stale reads.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class QueryCache:
         retry_after: float = 5.0,
         stampede_wait: float = 0.5,
         cache_by_default: bool = False,
+        require_watcher: bool = False,
     ) -> None:
         if isinstance(client, redis.asyncio.Redis) or not isinstance(
             client, redis.Redis | RedisCluster
@@ -76,6 +81,7 @@ class QueryCache:
             retry_after=retry_after,
             stampede_wait=stampede_wait,
             cache_by_default=cache_by_default,
+            require_watcher=require_watcher,
         )
         slow = _slow_failure_settings(client)
         if slow:

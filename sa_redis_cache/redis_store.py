@@ -52,10 +52,13 @@ local function writer_alive(key)
 end
 """
 
-# KEYS: clock, entry, lock, n version keys, n + 1 writing markers (the last: all tables)
+# KEYS: clock, entry, lock, n version keys, n + 1 writing markers (the last: all tables), and with
+#       require_watcher the binlog watcher's heartbeat
 # ARGV: epoch for a new clock, ttl (ms) of keys created here, n, the transaction's snapshot counter
-#       ('' before its first lookup), entry header, lock token, lock ttl (ms; 0: no lock)
-# -> {epoch, counter, writer alive (0/1), payload or nil, locked (0/1), corrupt (0/1), v1, ..., vn}
+#       ('' before its first lookup), entry header, lock token, lock ttl (ms; 0: no lock),
+#       '1' if the last key is a heartbeat that must exist
+# -> {epoch, counter, writer alive (0/1; 2: no watcher), payload or nil, locked (0/1),
+#     corrupt (0/1), v1, ..., vn}
 # The payload comes back only if the entry was written for this key, in this format, against these
 # exact versions; otherwise, if the result may be stored at all, the caller tries to take the lock.
 LOOKUP_LUA: Final = (
@@ -78,7 +81,13 @@ local counter = tonumber(redis.call('HGET', KEYS[1], 'n'))
 local snapshot = tonumber(ARGV[4]) or counter
 local reply = {epoch, counter, 0, false, 0, 0}
 local usable = true
-for i = n + 4, #KEYS do
+local markers_end = #KEYS
+if ARGV[8] == '1' then
+  -- nobody follows the binlog: writes by other clients may go unseen, as if a writer were busy
+  markers_end = markers_end - 1
+  if redis.call('EXISTS', KEYS[#KEYS]) == 0 then reply[3] = 2; usable = false end
+end
+for i = n + 4, markers_end do
   if writer_alive(KEYS[i]) then reply[3] = 1; usable = false end
 end
 for i = 1, n do
@@ -181,6 +190,8 @@ class LookupReply(NamedTuple):
     corrupt: bool
     """An entry was there but is not one of ours (garbage, another key's, another format)."""
     versions: tuple[int, ...]
+    watcher_missing: bool = False
+    """``require_watcher`` is on and no binlog watcher's heartbeat is alive."""
 
 
 class EntryKeys(NamedTuple):
@@ -191,6 +202,8 @@ class EntryKeys(NamedTuple):
     lock: str
     versions: Sequence[str]
     writing: Sequence[str]
+    heartbeat: str | None = None
+    """The binlog watcher's heartbeat, checked by the lookup only (``require_watcher``)."""
 
     def all(self) -> list[str]:
         return [self.clock, self.entry, self.lock, *self.versions, *self.writing]
@@ -257,13 +270,15 @@ class RedisStore:
     ) -> LookupReply:
         args = [
             new_epoch(), ttl_ms, len(keys.versions), "" if snapshot is None else snapshot,
-            header, token, lock_ms,
+            header, token, lock_ms, "0" if keys.heartbeat is None else "1",
         ]  # fmt: skip
-        raw = self._call(self._lookup, keys.all(), args)
+        all_keys = keys.all() if keys.heartbeat is None else [*keys.all(), keys.heartbeat]
+        raw = self._call(self._lookup, all_keys, args)
         epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
         return LookupReply(
-            epoch, int(raw[1]), bool(raw[2]), raw[3], bool(raw[4]), bool(raw[5]), tuple(raw[6:])
-        )
+            epoch, int(raw[1]), bool(raw[2]), raw[3], bool(raw[4]), bool(raw[5]),
+            tuple(raw[6:]), raw[2] == 2,
+        )  # fmt: skip
 
     def clock(self, clock: str) -> int:
         """The current write counter (0 if the clock does not exist yet)."""
