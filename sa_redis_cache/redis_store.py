@@ -179,6 +179,27 @@ return c
 )
 
 
+# The binlog watcher's own keys (binlog.py), not part of the cache protocol above.
+# KEYS: lease, position, heartbeat
+# ARGV: watcher token, mode ('hold' | 'release'), lease ttl (ms), position ('' keeps it),
+#       position ttl (ms), heartbeat ttl (ms; 0 leaves the heartbeat alone)
+# -> 1 while this watcher holds the lease (taking it when free), 0 when another one does. Nothing
+#    is written by a watcher that lost its lease: a standby that took over owns the position.
+WATCHER_LUA: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+if ARGV[2] == 'release' then
+  redis.call('DEL', KEYS[1])
+  if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5]) end
+if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[6]) end
+return 1
+"""
+
+
 class LookupReply(NamedTuple):
     epoch: str
     clock: int
