@@ -9,6 +9,10 @@ cache's hit rate is reported too, so that a run in which the cache served nothin
 Every process builds its own engine and cache, as separate app servers would. Times come from
 CLOCK_MONOTONIC, which all processes on one machine share.
 
+External writers commit through raw MySQLdb, without SQLAlchemy or the cache: only a binlog
+watcher can pass their writes on, so a read may miss one for at most ``lag_bound`` seconds after
+its commit returned (the watcher's lag, measured by ``python -m bench.binlog``).
+
     python -m tests.consistency --minutes 10
 """
 
@@ -39,6 +43,9 @@ from tests.conftest import caching_sessionmaker
 
 PARENTS = 3
 CHILDREN_PER_PARENT = 2
+WATCHER_LAG_BOUND = 0.5
+"""Seconds from an external commit to the watcher's bump that the checker allows (the README
+states it; ``python -m bench.binlog`` measures the lag)."""
 
 
 class Base(DeclarativeBase):
@@ -71,12 +78,16 @@ class Settings:
     seconds: float | None = None
     writer_pause: float = 0.03
     log_dir: str = ""
+    external_writers: int = 0
+    lag_bound: float = 0.0
+    """Seconds after an external commit returned within which a read may still miss it."""
 
 
 @dataclass
 class Report:
     reads: int = 0
     commits: int = 0
+    external_commits: int = 0
     stale: list[dict[str, Any]] = field(default_factory=list)
     hits: int = 0
     misses: int = 0
@@ -90,7 +101,8 @@ class Report:
 
     def summary(self) -> str:
         return (
-            f"{self.reads} reads, {self.commits} commits, {len(self.stale)} stale, "
+            f"{self.reads} reads, {self.commits} commits ({self.external_commits} external), "
+            f"{len(self.stale)} stale, "
             f"hit rate {self.hit_rate:.1%} (hits {self.hits}, misses {self.misses}, "
             f"bypasses {self.bypasses}, errors {self.errors})"
         )
@@ -152,6 +164,33 @@ def writer(settings: Settings, index: int, done: Any, shared: Any = None) -> Non
         engine.dispose()
 
 
+def external_writer(settings: Settings, index: int, done: Any) -> None:
+    """Commits like writer(), through a bare DBAPI connection: nothing here tells the cache."""
+    import MySQLdb
+
+    url = make_url(settings.database_url)
+    conn = MySQLdb.connect(
+        host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
+        password=url.password or "", database=url.database or "",
+    )  # fmt: skip
+    cursor = conn.cursor()
+    rng = random.Random(500 + index)
+    log: list[tuple[str, int, int, int]] = []
+    while not done.is_set():
+        if rng.random() < 0.5:
+            table, row_id = "child", rng.choice(child_ids())
+        else:
+            table, row_id = "parent", rng.randint(1, PARENTS)
+        cursor.execute(f"SELECT n FROM cc_{table} WHERE id = %s FOR UPDATE", (row_id,))
+        (value,) = cursor.fetchone()
+        cursor.execute(f"UPDATE cc_{table} SET n = %s WHERE id = %s", (value + 1, row_id))
+        conn.commit()
+        log.append((table, row_id, value + 1, time.monotonic_ns()))
+        time.sleep(settings.writer_pause)
+    conn.close()
+    Path(settings.log_dir, f"external-{index}.json").write_text(json.dumps(log))
+
+
 def reader(settings: Settings, index: int, done: Any, shared: Any = None) -> None:
     engine, cache = shared or _cached(settings)
     make_session = caching_sessionmaker(engine)
@@ -198,10 +237,14 @@ def reader(settings: Settings, index: int, done: Any, shared: Any = None) -> Non
 def check(settings: Settings) -> Report:
     report = Report()
     commits: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
-    for path in Path(settings.log_dir).glob("writer-*.json"):
-        for table, row_id, value, returned in json.loads(path.read_text()):
-            commits[(table, row_id)].append((returned, value))
-            report.commits += 1
+    lag_ns = int(settings.lag_bound * 1e9)
+    for pattern, allowed in (("writer-*.json", 0), ("external-*.json", lag_ns)):
+        for path in Path(settings.log_dir).glob(pattern):
+            for table, row_id, value, returned in json.loads(path.read_text()):
+                # a read that starts later than this must see the value
+                commits[(table, row_id)].append((returned + allowed, value))
+                report.commits += 1
+                report.external_commits += bool(allowed)
     # per row: commit return times, and the highest value committed up to each of them
     returned_at: dict[tuple[str, int], list[int]] = {}
     highest: dict[tuple[str, int], list[int]] = {}
@@ -230,6 +273,10 @@ def run(settings: Settings) -> Report:
     done = ctx.Event()
     processes = [
         ctx.Process(target=writer, args=(settings, i, done)) for i in range(settings.writers)
+    ]
+    processes += [
+        ctx.Process(target=external_writer, args=(settings, i, done))
+        for i in range(settings.external_writers)
     ]
     processes += [
         ctx.Process(target=reader, args=(settings, i, done)) for i in range(settings.readers)

@@ -11,6 +11,7 @@ the watcher as a subprocess started through its console script.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from typing import Any
 
 import MySQLdb
 import pytest
+import redis
 from click.testing import CliRunner
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
@@ -34,6 +36,7 @@ from sa_redis_cache import QueryCache
 from sa_redis_cache.cli import cli
 from sa_redis_cache.testing import service_missing
 from tests.conftest import MYSQL_URL, DatabaseReads, caching_sessionmaker, unique_namespace
+from tests.consistency import WATCHER_LAG_BOUND, Settings, run
 
 pytestmark = pytest.mark.slow
 
@@ -317,6 +320,35 @@ def test_an_outside_write_reaches_the_cached_read(
     eventually(read, expected)
 
 
+def test_no_read_staler_than_the_lag_bound_with_an_external_writer(
+    binlog_server: ThrowawayMariaDB,
+    module_watcher: Watcher,
+    shared_namespace: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """The consistency checker with a writer that bypasses SQLAlchemy: its commits may be missed
+    for at most WATCHER_LAG_BOUND (the README's bound), the app writer's never."""
+    run_sql(binlog_server, "CREATE DATABASE IF NOT EXISTS binlog_consistency", db=None)
+    settings = Settings(
+        database_url=f"{binlog_server.url}binlog_consistency",
+        redis_url=redis_url,
+        namespace=shared_namespace,
+        readers=3,
+        writers=1,
+        external_writers=1,
+        reads_per_reader=1200,
+        writer_pause=0.03,
+        log_dir=str(tmp_path),
+        lag_bound=WATCHER_LAG_BOUND,
+    )
+    report = run(settings)
+    print(report.summary())
+    assert report.reads >= 3600 and report.external_commits >= 20
+    assert report.stale == []
+    assert report.hit_rate >= 0.3, report.summary()
+
+
 # -- restarts, purges, standbys -----------------------------------------------------------------
 
 
@@ -425,6 +457,33 @@ def test_binlog_purged_while_down_invalidates_everything(
     eventually(read_dept, [("while down",)])
     counter = DatabaseReads(shop)
     read_notes()  # a table nobody wrote: its entry died with everything else
+    counter.close()
+    assert counter.count == 1
+
+
+def test_a_position_from_another_server_invalidates_everything(
+    shop: Engine,
+    redis_url: str,
+    watchers: Callable[..., Watcher],
+    cache_on: Callable[..., QueryCache],
+) -> None:
+    namespace = unique_namespace("test-binlog-moved")
+    cache = cache_on(shop, namespace)
+    first = watchers(namespace, *QUICK)
+    first.wait_for("caught up")
+    read_notes = reader(shop, "SELECT body FROM notes")
+    cached_read(cache, read_notes)
+    first.stop()  # a clean stop saves the position
+    client = redis.Redis.from_url(redis_url)
+    (key,) = client.keys("{" + namespace + "}:binlog:*:position")
+    position = json.loads(client.get(key))
+    client.set(key, json.dumps({**position, "server": "mariadb server_id=9 host=elsewhere"}))
+
+    second = watchers(namespace, *QUICK)
+    second.wait_for("invalidating everything")
+    assert "is from mariadb server_id=9 host=elsewhere" in second.log
+    counter = DatabaseReads(shop)
+    read_notes()
     counter.close()
     assert counter.count == 1
 
