@@ -655,6 +655,27 @@ def test_a_replica_with_the_same_server_id_is_one_clear_error(
     assert "Error: another replica" in watcher.log and "--server-id nobody else uses" in watcher.log
 
 
+def test_the_walkthrough_shows_an_outside_write(binlog_server: ThrowawayMariaDB) -> None:
+    """``make demo-binlog``: the mysql command line writes behind the apps' back; once the
+    watcher has passed it on, the cached API serves the new name."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["DATABASE_URL"] = (
+        make_url(binlog_server.url)
+        .set(drivername="mysql+pymysql", database="walkthrough_binlog")
+        .render_as_string(hide_password=False)
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "example_app.walkthrough", "--binlog"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "HIT" in out.split("8. the binlog watcher")[1].split("\n")[1]
+    assert "the mysql command line" in out.split("9. an outside write")[1].split("\n")[0]
+    after = out.split("10. the cached API sees it")[1]
+    assert "miss" in after.split("\n")[1] and "Grace Hopper" in after
+
+
 # -- packaging --------------------------------------------------------------------------------
 
 
