@@ -403,6 +403,11 @@ class BinlogWatcher:
                 if code != _ER_MASTER_FATAL_READING_BINLOG:
                     raise
                 start = self._start_over(info, f"the server cannot resume at {start}: {message}")
+            except (_Stop, _LostLease, BinlogSetupError, pymysql.Error, redis.RedisError, OSError):
+                raise
+            except Exception as exc:  # an event the reader cannot parse: never skip it silently
+                log.exception("cannot read the binlog after %s", self._position)
+                start = self._start_over(info, f"an unreadable binlog event ({exc!r})")
             finally:
                 stream.close()
 
@@ -627,11 +632,13 @@ class BinlogWatcher:
         """Take or renew the lease; the holder's token (None if Redis cannot be asked)."""
         try:
             if self._call_script("hold", "", 0):
+                self._warned.discard("redis")
                 return self._token
             holder = self._client.get(self._keys[0])
         except redis.RedisError as exc:
-            log.warning("cannot reach Redis for the lease: %s", exc)
+            self._warn_once("redis", f"cannot reach Redis for the lease: {exc}; trying on")
             return None
+        self._warned.discard("redis")
         return holder.decode() if isinstance(holder, bytes) else str(holder)
 
     def _release(self) -> None:

@@ -106,6 +106,8 @@ def watch_binlog(
         from .binlog import BinlogSetupError, BinlogWatcher
     except ModuleNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
+    from sqlalchemy.exc import ArgumentError
+
     from .errors import CacheConfigurationError
 
     stop = threading.Event()
@@ -121,7 +123,7 @@ def watch_binlog(
             heartbeat_ttl=heartbeat_ttl,
             lease_ttl=max(lease_ttl, heartbeat_ttl),
         )
-    except (CacheConfigurationError, ValueError) as exc:
+    except (CacheConfigurationError, ValueError, ArgumentError) as exc:
         raise click.BadParameter(str(exc)) from exc
 
     def request_stop(signum: int, frame: Any) -> None:

@@ -558,6 +558,10 @@ def test_a_standby_waits_then_takes_over_from_the_saved_position(
     run_sql(binlog_server, "UPDATE dept SET name = 'standby' WHERE id = 1")
     eventually(read, [("standby",)])
     assert "invalidating everything" not in standby.log
+    # the watchers' lease, position and heartbeat live in the namespace, with a TTL like the rest
+    keys = list(cache.client.scan_iter(match="{" + namespace + "}:*"))
+    assert {k.decode().split(":")[1] for k in keys} >= {"binlog", "hb", "v", "clock", "e"}
+    assert all(cache.client.pttl(key) > 0 for key in keys)
 
 
 # -- setup errors: one line saying what to change, and a non-zero exit ----------------------------
