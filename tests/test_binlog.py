@@ -564,6 +564,48 @@ def test_a_standby_waits_then_takes_over_from_the_saved_position(
     assert all(cache.client.pttl(key) > 0 for key in keys)
 
 
+def test_the_class_in_a_thread_and_an_unreadable_event(
+    binlog_server: ThrowawayMariaDB,
+    shop: Engine,
+    redis_url: str,
+    cache_on: Callable[..., QueryCache],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``BinlogWatcher`` runs in a thread of the app's process too. An event it cannot read is
+    never skipped silently: it starts over with everything invalidated."""
+    from sa_redis_cache.binlog import BinlogWatcher
+
+    namespace = unique_namespace("test-binlog-class")
+    cache = cache_on(shop, namespace)
+    read_dept = reader(shop, "SELECT name FROM dept WHERE id = 1")
+    read_notes = reader(shop, "SELECT body FROM notes")
+    watcher = BinlogWatcher(binlog_server.url, redis_url, namespace=namespace).start()
+    try:
+        eventually(lambda: watcher.caught_up, True)
+        cached_read(cache, read_dept)
+        cached_read(cache, read_notes)
+        handle = BinlogWatcher._handle
+
+        def choke_on_dept(self: BinlogWatcher, event: Any, stream: Any) -> None:
+            if getattr(event, "table", None) == "dept":
+                raise ValueError("garbled event")
+            handle(self, event, stream)
+
+        monkeypatch.setattr(BinlogWatcher, "_handle", choke_on_dept)
+        run_sql(binlog_server, "UPDATE dept SET name = 'garbled' WHERE id = 1")
+        eventually(read_dept, [("garbled",)])
+        eventually(lambda: watcher.full_invalidations, 2)  # the start, and the unreadable event
+        counter = DatabaseReads(shop)
+        read_notes()
+        counter.close()
+        assert counter.count == 1  # everything was invalidated
+        assert "an unreadable binlog event (ValueError('garbled event'))" in caplog.text
+    finally:
+        watcher.stop()
+    assert watcher.error is None and not watcher.caught_up
+
+
 # -- setup errors: one line saying what to change, and a non-zero exit ----------------------------
 
 
