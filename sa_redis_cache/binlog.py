@@ -23,9 +23,10 @@ Events in, table sets out:
 - An event the reader does not understand (compressed transactions, incidents) invalidates
   everything.
 
-Position: after the bump, the watcher records where it is (the GTID state on MariaDB, file and
-offset on MySQL) in Redis, in the namespace, and resumes from it after a restart: a crash between
-a bump and the save replays a few transactions (extra bumps), never skips one. When it cannot
+Position: every ``heartbeat_interval`` the watcher records how far it has bumped (the GTID state
+on MariaDB, file and offset on MySQL) in Redis, in the namespace, and resumes from there after a
+restart: a crash replays the transactions bumped since the last save (extra bumps), never skips
+one. When it cannot
 resume (no saved position, the binlog purged, another server, a position the server never wrote)
 it invalidates the whole namespace and says so in its log, then starts at the server's current
 position (read *before* the invalidation, so nothing in between is lost).
