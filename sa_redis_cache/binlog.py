@@ -277,6 +277,7 @@ class BinlogWatcher:
         if socket_path := url.query.get("unix_socket"):
             self._settings["unix_socket"] = str(socket_path)
         self._sql = _Reconnecting(self._settings)
+        self._status_sql = "SHOW BINARY LOG STATUS"  # MySQL 8.2+ (SHOW MASTER STATUS is gone)
         self._cascades = CascadeMap("mysql", _qualified_name)
         self._detector = TableDetector("mysql", None)
         self._interval = heartbeat_interval
@@ -753,9 +754,12 @@ class BinlogWatcher:
         cursor = self._sql.cursor()
         try:
             try:
-                cursor.execute("SHOW BINARY LOG STATUS")  # MySQL 8.2+ (SHOW MASTER STATUS is gone)
+                cursor.execute(self._status_sql)
             except pymysql.err.ProgrammingError:
-                cursor.execute("SHOW MASTER STATUS")
+                if self._status_sql == "SHOW MASTER STATUS":
+                    raise
+                self._status_sql = "SHOW MASTER STATUS"  # MariaDB, MySQL before 8.2
+                cursor.execute(self._status_sql)
             row = cursor.fetchone()
         finally:
             cursor.close()
