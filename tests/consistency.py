@@ -335,14 +335,24 @@ def main(argv: list[str] | None = None) -> int:
         "--redis-url",
         default=os.environ.get("SA_REDIS_CACHE_REDIS_URL", "redis://127.0.0.1:6379/0"),
     )
+    parser.add_argument(
+        "--external-writers", type=int, default=0,
+        help="writers with no SQLAlchemy and no cache: run sa-redis-cache watch-binlog on the "
+        "database with --namespace NS, and give --namespace NS here",
+    )  # fmt: skip
+    parser.add_argument("--namespace", default=f"consistency-{uuid.uuid4().hex[:8]}")
+    parser.add_argument("--lag-bound", type=float, default=WATCHER_LAG_BOUND,
+                        help="seconds an external write may go unseen")  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as log_dir:
         settings = Settings(
             database_url=args.database_url,
             redis_url=args.redis_url,
-            namespace=f"consistency-{uuid.uuid4().hex[:8]}",
+            namespace=args.namespace,
             readers=args.readers,
             writers=args.writers,
+            external_writers=args.external_writers,
+            lag_bound=args.lag_bound,
             reads_per_reader=None,
             seconds=args.minutes * 60,
             log_dir=log_dir,
