@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 watcher.stop()
             without, with_watcher = rates[plain], rates[watched]
+            for used in (namespace, plain, watched):  # a shared Redis keeps nothing of ours
+                QueryCache.from_url(redis_url, namespace=used).clear()
     finally:
         if server is not None:
             server.remove()

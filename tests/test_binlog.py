@@ -751,3 +751,19 @@ def test_a_missing_extra_is_one_clear_line(blocked: str, message: str) -> None:
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_the_binlog_benchmark_smoke_run_writes_its_section(
+    binlog_server: ThrowawayMariaDB, redis_url: str, tmp_path: Path
+) -> None:
+    """``python -m bench.binlog`` on tiny numbers: it runs and writes its section."""
+    from bench import binlog as bench_binlog
+
+    (tmp_path / "benchmarks.md").write_text("# Benchmarks\n\nthe main run's report\n")
+    assert bench_binlog.main([
+        "--database-url", binlog_server.url, "--redis-url", redis_url, "--samples", "4",
+        "--seconds", "1", "--readers", "1", "--output", str(tmp_path),
+    ]) == 0  # fmt: skip
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert report.startswith("# Benchmarks\n\nthe main run's report\n")
+    assert "## The binlog watcher" in report and "| no watcher |" in report
