@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo serve test bench lint services
+.PHONY: demo demo-binlog serve test bench bench-binlog lint services
 
 $(VENV)/.demo-installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,11 +15,22 @@ $(VENV)/.dev-installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[demo,dev,bench]'
-	touch $@ $(VENV)/.demo-installed
+	touch $@ $(VENV)/.demo-installed $(VENV)/.binlog-installed
 
 ## demo: the scripted walkthrough on the embedded defaults (SQLite file + in-process Redis)
 demo: $(VENV)/.demo-installed
 	$(PY) -m example_app.walkthrough
+
+$(VENV)/.binlog-installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[demo,binlog]'
+	touch $@ $(VENV)/.demo-installed
+
+## demo-binlog: the walkthrough on a throwaway MariaDB with its binlog on, the binlog watcher, and a
+## write by the mysql command line that the apps cannot see (needs mariadbd installed)
+demo-binlog: $(VENV)/.binlog-installed
+	$(PY) -m example_app.walkthrough --binlog
 
 ## serve: the API for a browser at http://127.0.0.1:8000/docs
 serve: $(VENV)/.demo-installed
@@ -36,6 +47,10 @@ test: $(VENV)/.dev-installed services
 ## bench: the benchmark at full size (a few minutes); writes docs/benchmarks.md and .png
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench
+
+## bench-binlog: the binlog watcher's lag and what its second bump costs (a few minutes)
+bench-binlog: $(VENV)/.dev-installed
+	$(PY) -m bench.binlog
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .

@@ -197,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     text = report.render(results, scale, parts, calls, args, machine)
     print(text)
-    (output / "benchmarks.md").write_text(text)
+    path = output / "benchmarks.md"
+    kept = report.binlog_section(path.read_text()) if path.exists() else ""
+    path.write_text(report.replace_binlog_section(text, kept) if kept else text)
     report.plot(results, output / "benchmarks.png")
     print(f"report: {output / 'benchmarks.md'}, plot: {output / 'benchmarks.png'}")
     return 0

@@ -182,3 +182,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+BINLOG_MARKER = "<!-- written by python -m bench.binlog; python -m bench keeps it -->"
+
+
+def binlog_section(text: str) -> str:
+    """The binlog watcher's section of a benchmarks.md (empty if it has none)."""
+    index = text.find(BINLOG_MARKER)
+    return "" if index < 0 else text[index:]
+
+
+def replace_binlog_section(text: str, section: str) -> str:
+    index = text.find(BINLOG_MARKER)
+    head = text if index < 0 else text[:index]
+    return head.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"

@@ -117,11 +117,16 @@ def _links(operations: dict[str, str], **parameters: str) -> dict[str, Any]:
 def create_app(
     database_url_: str | None = None, redis_url: str | None = None, namespace: str | None = None
 ) -> FastAPI:
-    """The app; with no arguments, configured from DATABASE_URL, REDIS_URL and CACHE_NAMESPACE
-    (``uvicorn --factory example_app.app:create_app``)."""
+    """The app; with no arguments, configured from DATABASE_URL, REDIS_URL, CACHE_NAMESPACE and
+    CACHE_REQUIRE_WATCHER (``uvicorn --factory example_app.app:create_app``)."""
     engine = make_engine(database_url_ or database_url())
     namespace = namespace or os.environ.get("CACHE_NAMESPACE", "demo")
-    cache = QueryCache(redis_client(redis_url), namespace=namespace, ttl=3600)
+    cache = QueryCache(
+        redis_client(redis_url),
+        namespace=namespace,
+        ttl=3600,
+        require_watcher=os.environ.get("CACHE_REQUIRE_WATCHER", "") not in ("", "0"),
+    )
     cache.install(engine)
     sessions = sessionmaker(engine, query_cls=CachingQuery, execution_options={"redis_cache": True})
 

@@ -16,6 +16,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from .config import CacheConfig, normalize_table_name
 from .errors import CacheConfigurationError
+from .invalidation import Invalidator
 from .keys import server_identity
 from .stats import Stats
 from .store import store_for
@@ -49,6 +50,10 @@ class QueryCache:
         wait for its result before reading the database too (0: never wait).
     :param cache_by_default: cache every read of the installed engines unless its session or
         statement says ``redis_cache=False`` (default: only where ``redis_cache=True`` is set).
+    :param require_watcher: serve and store entries only while a binlog watcher
+        (``sa-redis-cache watch-binlog``) following the engine's database server is alive and
+        caught up; otherwise every read goes to the database. For deployments where other
+        clients write the database: a dead watcher then never means stale reads.
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class QueryCache:
         retry_after: float = 5.0,
         stampede_wait: float = 0.5,
         cache_by_default: bool = False,
+        require_watcher: bool = False,
     ) -> None:
         self.config = CacheConfig.build(
             namespace=namespace,
@@ -73,6 +79,7 @@ class QueryCache:
             retry_after=retry_after,
             stampede_wait=stampede_wait,
             cache_by_default=cache_by_default,
+            require_watcher=require_watcher,
         )
         self._store = store_for(client, self.config.retry_after)
         slow = _slow_failure_settings(client)
@@ -151,16 +158,32 @@ class QueryCache:
         if wiring is not None:
             wiring.uninstall()
 
-    def invalidate(self, *tables: str, engine: Engine | AsyncEngine | None = None) -> None:
+    def invalidate(
+        self,
+        *tables: str,
+        engine: Engine | AsyncEngine | None = None,
+        database_id: str | None = None,
+    ) -> None:
         """Make every entry that read one of ``tables`` dead (all entries if none are given), for
-        ``engine``'s database or for every engine the cache is installed on.
+        ``engine``'s database, for the server ``database_id`` names, or for every engine the cache
+        is installed on.
 
-        For writes the cache cannot see: triggers, other applications, manual SQL. On a cache
+        For writes the cache cannot see: triggers, other applications, manual SQL. With
+        ``database_id`` (the identity ``install()`` uses: ``keys.server_identity(url)`` unless
+        given explicitly) no engine is needed, and tables are named ``schema.table``. On a cache
         with a ``redis.asyncio`` client, use :meth:`ainvalidate`.
         """
         self._refuse_blocking("invalidate")
         names = frozenset(normalize_table_name(t) for t in tables) or frozenset({ALL_TABLES})
         target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        if database_id is not None:
+            unqualified = sorted(t for t in names if t != ALL_TABLES and "." not in t)
+            if unqualified:
+                raise CacheConfigurationError(
+                    f"with database_id, name tables as schema.table; got {unqualified[0]!r}"
+                )
+            self.server_invalidator(database_id).publish(names)
+            return
         with self._lock:
             wirings = [self._engines[target]] if target in self._engines else []
             if target is None:
@@ -170,10 +193,22 @@ class QueryCache:
         for wiring in wirings:
             wiring.invalidator.publish(names)
 
-    async def ainvalidate(self, *tables: str, engine: Engine | AsyncEngine | None = None) -> None:
+    async def ainvalidate(
+        self,
+        *tables: str,
+        engine: Engine | AsyncEngine | None = None,
+        database_id: str | None = None,
+    ) -> None:
         """:meth:`invalidate` for a cache with a ``redis.asyncio`` client."""
         self._refuse_async("ainvalidate", "invalidate")
-        await greenlet_spawn(self.invalidate, *tables, engine=engine)
+        await greenlet_spawn(self.invalidate, *tables, engine=engine, database_id=database_id)
+
+    def server_invalidator(self, database_id: str) -> Invalidator:
+        """Bumps tables (``schema.table``) of the server ``database_id`` names, through this
+        cache's store and settings, with no engine: for tools such as the binlog watcher."""
+        if not isinstance(database_id, str) or not database_id:
+            raise CacheConfigurationError("database_id must be a non-empty string")
+        return Invalidator.for_server(self._store, self.config, self._stats, database_id)
 
     def clear(self) -> int:
         """Delete every key of this namespace (never FLUSHDB). Returns how many were deleted.

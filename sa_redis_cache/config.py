@@ -31,6 +31,8 @@ class CacheConfig:
     """Seconds a miss waits for another process already computing the same entry (0: never)."""
     cache_by_default: bool = False
     """Cache the reads of sessions and statements that say nothing about ``redis_cache``."""
+    require_watcher: bool = False
+    """Use the cache only while a binlog watcher's heartbeat for the engine's server is alive."""
 
     @classmethod
     def build(
@@ -44,6 +46,7 @@ class CacheConfig:
         retry_after: float,
         stampede_wait: float,
         cache_by_default: bool = False,
+        require_watcher: bool = False,
     ) -> CacheConfig:
         if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
             raise CacheConfigurationError(
@@ -66,6 +69,7 @@ class CacheConfig:
             retry_after=_positive_number("retry_after", retry_after),
             stampede_wait=_non_negative_number("stampede_wait", stampede_wait),
             cache_by_default=_flag("cache_by_default", cache_by_default),
+            require_watcher=_flag("require_watcher", require_watcher),
         )
 
 

@@ -51,11 +51,15 @@ class Invalidator:
         if self._bump(tables, "finish" if token else "publish", token or ""):
             self._stats.count("invalidations", len(tables))
 
-    def publish(self, tables: Iterable[str]) -> None:
-        """A single bump with no mark: DDL, autocommit writes, explicit ``invalidate()``."""
+    def publish(self, tables: Iterable[str]) -> bool:
+        """A single bump with no mark: DDL, autocommit writes, explicit ``invalidate()``, the
+        binlog watcher. Returns False if Redis could not be told (the tables are then remembered
+        as undelivered); a caller that must not move on, like the watcher, tries again."""
         tables = frozenset(tables)
         if tables and self._bump(tables, "publish", ""):
             self._stats.count("invalidations", len(tables))
+            return True
+        return not tables
 
     def mark_undelivered(self, tables: Iterable[str]) -> None:
         """Remember ``tables`` as written but not yet bumped in Redis (the bump failed in a way
@@ -70,6 +74,14 @@ class Invalidator:
         self._retry()
         pending = self._undelivered
         return ALL_TABLES in pending or not pending.isdisjoint(tables)
+
+    @classmethod
+    def for_server(
+        cls, store: Store, config: CacheConfig, stats: Stats, server_id: str
+    ) -> Invalidator:
+        """An invalidator of one database server with no engine: it names tables
+        ``schema.table`` (any schema), as readers' version keys do."""
+        return cls(store, KeyBuilder(config.namespace, server_id, "", ""), config, stats)
 
     def _retry(self) -> None:
         with self._lock:

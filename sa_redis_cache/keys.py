@@ -73,6 +73,9 @@ class KeyBuilder:
         )
         self.clock = prefix + "clock"
         """Hash with the namespace's epoch (``e``) and write counter (``n``)."""
+        self.heartbeat = f"{prefix}hb:{self._server}"
+        """Refreshed by the binlog watcher following this server while it is caught up; with
+        ``require_watcher`` readers use the cache only while it exists."""
 
     def entry(self, sql: str, parameters: bytes) -> tuple[str, bytes]:
         """The entry key for a statement and its encoded parameters, and the digest inside it."""
@@ -99,6 +102,10 @@ class KeyBuilder:
         if table == ALL_TABLES:
             return f"{self._prefix}w:*"
         return f"{self._prefix}w:{self._server}:{self._qualified(table)}"
+
+    def watcher(self, name: str) -> str:
+        """The binlog watcher's own keys for this server (``lease``, ``position``)."""
+        return f"{self._prefix}binlog:{self._server}:{name}"
 
     def _qualified(self, table: str) -> str:
         """``schema.table``: plans leave the default schema out, keys never do."""

@@ -78,6 +78,8 @@ class ReadPath:
         self._stats = stats
         self._lock_ms = int(config.stampede_wait * 1000)
         self.cache_by_default = config.cache_by_default
+        self._heartbeat = keys.heartbeat if config.require_watcher else None
+        self._watcher_warned = float("-inf")
         self._table_keys: dict[frozenset[str], _TableKeys] = {}
 
     def serve(
@@ -113,6 +115,7 @@ class ReadPath:
                 self._keys.lock(digest),
                 table_keys.versions,
                 table_keys.writing,
+                self._heartbeat,
             ),
             entry_header(digest),
             os.urandom(8).hex(),
@@ -129,6 +132,12 @@ class ReadPath:
             # a writer is committing, or the table changed since this transaction's snapshot
             # (the database answers as of the snapshot): read it, store nothing
             self._stats.count("bypasses")
+            if reply.watcher_missing and time.monotonic() - self._watcher_warned > 60:
+                self._watcher_warned = time.monotonic()
+                log.warning(
+                    "require_watcher: no binlog watcher is following this database server; "
+                    "reading from the database"
+                )
             return None
 
         if reply.corrupt:

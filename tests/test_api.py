@@ -168,6 +168,32 @@ def test_invalidate_all_and_by_table(engine: Engine, query_cache: QueryCache) ->
     assert query_cache.stats()["invalidations"] >= 2
 
 
+def test_invalidate_by_database_id_needs_no_engine(
+    mariadb: Engine, seeded_mariadb: Engine, query_cache: QueryCache, redis_url: str
+) -> None:
+    """A tool with no engine (the binlog watcher, an operator) names the server and
+    ``schema.table``, and reaches the entries of every app on that server."""
+    query_cache.install(mariadb)
+    cached = caching_sessionmaker(mariadb)
+    reads = DatabaseReads(mariadb)
+    with cached() as session:
+        session.scalars(select(Employee)).all()
+    tool = QueryCache.from_url(redis_url, namespace=query_cache.namespace)
+    with pytest.raises(CacheConfigurationError, match=r"schema\.table"):
+        tool.invalidate("employee", database_id=server_identity(mariadb.url))
+    tool.invalidate(f"{mariadb.url.database}.Employee", database_id=server_identity(mariadb.url))
+    reads.reset()
+    with cached() as session:
+        session.scalars(select(Employee)).all()
+    assert reads.count == 1  # the entry died
+    tool.invalidate(f"{mariadb.url.database}.employee", database_id="another-server")
+    reads.reset()
+    with cached() as session:
+        session.scalars(select(Employee)).all()
+    reads.close()
+    assert reads.count == 0  # another server's table of the same name is another table
+
+
 def test_server_identity_has_no_password_and_folds_loopback_and_mariadb() -> None:
     one = server_identity(make_url("mysql+mysqldb://root:s3cret@localhost/shop"))
     two = server_identity(make_url("mariadb+pymysql://other:pw@127.0.0.1:3306/other"))

@@ -12,8 +12,15 @@ import redis
 from sqlalchemy import Engine, select
 
 from sa_redis_cache import QueryCache
+from sa_redis_cache.keys import KeyBuilder, server_identity
 from sa_redis_cache.round_trips import RedisCommandLog
-from tests.conftest import caching_sessionmaker, in_flavor, is_async, unique_namespace
+from tests.conftest import (
+    DatabaseReads,
+    caching_sessionmaker,
+    in_flavor,
+    is_async,
+    unique_namespace,
+)
 from tests.models import Department, Employee, Project
 
 pytestmark = pytest.mark.usefixtures("seeded")
@@ -111,3 +118,36 @@ def test_clear_removes_only_its_namespace(engine: Engine, redis_url: str) -> Non
     finally:
         cache.uninstall(engine)
         client.delete(bystander)
+
+
+def test_require_watcher_keeps_a_hit_at_one_round_trip(engine: Engine, redis_url: str) -> None:
+    """The binlog watcher's heartbeat is checked inside the lookup script: no extra command.
+    Without a heartbeat every read goes to the database, still in one round trip."""
+    client = SENT.client(redis_url, socket_timeout=1)
+    cache = QueryCache(client, namespace=unique_namespace("test-cost"), require_watcher=True)
+    cache.install(engine)
+    heartbeat = KeyBuilder(cache.namespace, server_identity(engine.url), "", "").heartbeat
+    reads = DatabaseReads(engine)
+    cached = caching_sessionmaker(engine)
+    try:
+        client.set(heartbeat, "watcher", px=60_000)
+        with cached() as session:
+            session.scalars(select(Employee).where(Employee.id == 1)).one()
+        SENT.clear()
+        reads.reset()
+        with cached() as session:
+            session.scalars(select(Employee).where(Employee.id == 1)).one()
+        assert SENT.commands == ["EVALSHA"]  # hit
+        assert reads.count == 0
+
+        client.delete(heartbeat)
+        SENT.clear()
+        for _ in range(3):
+            with cached() as session:
+                session.scalars(select(Employee).where(Employee.id == 1)).one()
+        assert SENT.commands == ["EVALSHA"] * 3  # lookups, no store
+        assert reads.count == 3
+    finally:
+        reads.close()
+        cache.uninstall(engine)
+        cache.clear()

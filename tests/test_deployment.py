@@ -32,9 +32,15 @@ def test_docker_compose_config_accepts_it(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
-    assert {"mysql", "redis", "app1", "app2", "lb"} <= services.keys()
+    assert {"mysql", "redis", "app1", "app2", "lb", "watcher"} <= services.keys()
     assert services["mysql"]["image"].startswith("mysql:8")
     assert services["redis"]["image"].startswith("redis:7")
     for app in ("app1", "app2"):
         assert services[app]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    # the watcher follows the apps' database and meets their keys: same URL, Redis, namespace
+    watcher, app = services["watcher"], services["app1"]
+    assert watcher["command"][:2] == ["sa-redis-cache", "watch-binlog"]
+    for name in ("DATABASE_URL", "REDIS_URL", "CACHE_NAMESPACE"):
+        assert watcher["environment"][name] == app["environment"][name]
+    assert "binlog" in (ROOT / "Dockerfile").read_text()
     assert "server app1 app1:8000" in (ROOT / "deploy" / "haproxy.cfg").read_text()

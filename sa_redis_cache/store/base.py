@@ -79,13 +79,15 @@ class Store:
     ) -> LookupReply:
         args = [
             new_epoch(), ttl_ms, len(keys.versions), "" if snapshot is None else snapshot,
-            header, token, lock_ms,
+            header, token, lock_ms, "0" if keys.heartbeat is None else "1",
         ]  # fmt: skip
-        raw = self._call(LOOKUP, keys.all(), args)
+        all_keys = keys.all() if keys.heartbeat is None else [*keys.all(), keys.heartbeat]
+        raw = self._call(LOOKUP, all_keys, args)
         epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
         return LookupReply(
-            epoch, int(raw[1]), bool(raw[2]), raw[3], bool(raw[4]), bool(raw[5]), tuple(raw[6:])
-        )
+            epoch, int(raw[1]), bool(raw[2]), raw[3], bool(raw[4]), bool(raw[5]),
+            tuple(raw[6:]), raw[2] == 2,
+        )  # fmt: skip
 
     def clock(self, clock: str) -> int:
         """The current write counter (0 if the clock does not exist yet)."""

@@ -57,10 +57,13 @@ local function writer_alive(key)
 end
 """
 
-# KEYS: clock, entry, lock, n version keys, n + 1 writing markers (the last: all tables)
+# KEYS: clock, entry, lock, n version keys, n + 1 writing markers (the last: all tables), and with
+#       require_watcher the binlog watcher's heartbeat
 # ARGV: epoch for a new clock, ttl (ms) of keys created here, n, the transaction's snapshot counter
-#       ('' before its first lookup), entry header, lock token, lock ttl (ms; 0: no lock)
-# -> {epoch, counter, writer alive (0/1), payload or nil, locked (0/1), corrupt (0/1), v1, ..., vn}
+#       ('' before its first lookup), entry header, lock token, lock ttl (ms; 0: no lock),
+#       '1' if the last key is a heartbeat that must exist
+# -> {epoch, counter, writer alive (0/1; 2: no watcher), payload or nil, locked (0/1),
+#     corrupt (0/1), v1, ..., vn}
 # The payload comes back only if the entry was written for this key, in this format, against these
 # exact versions; otherwise, if the result may be stored at all, the caller tries to take the lock.
 LOOKUP: Final = LuaScript.of(
@@ -83,7 +86,13 @@ local counter = tonumber(redis.call('HGET', KEYS[1], 'n'))
 local snapshot = tonumber(ARGV[4]) or counter
 local reply = {epoch, counter, 0, false, 0, 0}
 local usable = true
-for i = n + 4, #KEYS do
+local markers_end = #KEYS
+if ARGV[8] == '1' then
+  -- nobody follows the binlog: writes by other clients may go unseen, as if a writer were busy
+  markers_end = markers_end - 1
+  if redis.call('EXISTS', KEYS[#KEYS]) == 0 then reply[3] = 2; usable = false end
+end
+for i = n + 4, markers_end do
   if writer_alive(KEYS[i]) then reply[3] = 1; usable = false end
 end
 for i = 1, n do
@@ -175,6 +184,27 @@ return c
 )
 
 
+# The binlog watcher's own keys (binlog.py), not part of the cache protocol above.
+# KEYS: lease, position, heartbeat
+# ARGV: watcher token, mode ('hold' | 'release'), lease ttl (ms), position ('' keeps it),
+#       position ttl (ms), heartbeat ttl (ms; 0 leaves the heartbeat alone)
+# -> 1 while this watcher holds the lease (taking it when free), 0 when another one does. Nothing
+#    is written by a watcher that lost its lease: a standby that took over owns the position.
+WATCHER_LUA: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+if ARGV[2] == 'release' then
+  redis.call('DEL', KEYS[1])
+  if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5]) end
+if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[6]) end
+return 1
+"""
+
+
 class LookupReply(NamedTuple):
     epoch: str
     clock: int
@@ -186,6 +216,8 @@ class LookupReply(NamedTuple):
     corrupt: bool
     """An entry was there but is not one of ours (garbage, another key's, another format)."""
     versions: tuple[int, ...]
+    watcher_missing: bool = False
+    """``require_watcher`` is on and no binlog watcher's heartbeat is alive."""
 
 
 class EntryKeys(NamedTuple):
@@ -196,6 +228,8 @@ class EntryKeys(NamedTuple):
     lock: str
     versions: Sequence[str]
     writing: Sequence[str]
+    heartbeat: str | None = None
+    """The binlog watcher's heartbeat, checked by the lookup only (``require_watcher``)."""
 
     def all(self) -> list[str]:
         return [self.clock, self.entry, self.lock, *self.versions, *self.writing]
