@@ -120,11 +120,18 @@ def test_clear_removes_only_its_namespace(engine: Engine, redis_url: str) -> Non
         client.delete(bystander)
 
 
-def test_require_watcher_keeps_a_hit_at_one_round_trip(engine: Engine, redis_url: str) -> None:
+def test_require_watcher_keeps_a_hit_at_one_round_trip(
+    engine: Engine, redis_url: str, redis_inspector: redis.Redis
+) -> None:
     """The binlog watcher's heartbeat is checked inside the lookup script: no extra command.
     Without a heartbeat every read goes to the database, still in one round trip."""
-    client = SENT.client(redis_url, socket_timeout=1)
-    cache = QueryCache(client, namespace=unique_namespace("test-cost"), require_watcher=True)
+    make_client = SENT.async_client if is_async(engine) else SENT.client
+    client = redis_inspector
+    cache = QueryCache(
+        make_client(redis_url, socket_timeout=1),
+        namespace=unique_namespace("test-cost"),
+        require_watcher=True,
+    )
     cache.install(engine)
     heartbeat = KeyBuilder(cache.namespace, server_identity(engine.url), "", "").heartbeat
     reads = DatabaseReads(engine)
