@@ -5,7 +5,6 @@ breaker keeps Redis off the request path, and no stale entry is served after rec
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,10 @@ pytestmark = pytest.mark.usefixtures("seeded")
 SENT = RedisCommandLog()  # the round trips tried, to prove the breaker stops them
 
 
-def cache_on(url: str, **options: Any) -> QueryCache:
+def cache_on(url: str, timeout: float = 0.2, **options: Any) -> QueryCache:
     SENT.clear()
-    client = SENT.client(url, socket_timeout=0.2, socket_connect_timeout=0.2, retry=None)
+    client = SENT.client(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None)
     return QueryCache(client, namespace="faults", **options)
-
-
-@pytest.fixture
-def faulty(engine: Engine, redis_server: RedisServer) -> Iterator[tuple[QueryCache, Any]]:
-    cache = cache_on(redis_server.url, retry_after=60)
-    cache.install(engine)
-    yield cache, caching_sessionmaker(engine)
-    cache.uninstall(engine)
 
 
 def names(cached: sessionmaker[Session]) -> list[str]:
@@ -68,21 +59,33 @@ def test_dead_redis_reads_and_writes_go_on(engine: Engine, redis_server: RedisSe
 
 
 def test_frozen_redis_costs_one_timeout_then_nothing(
-    faulty: tuple[QueryCache, Any], redis_server: RedisServer
+    engine: Engine, redis_server: RedisServer
 ) -> None:
-    cache, cached = faulty
-    assert names(cached) == ["ann", "bob", "cid"]
-    calls = len(SENT.commands)
-    redis_server.freeze()
-    for _ in range(5):
+    """Seven requests against a frozen Redis: one round trip is tried and times out, then the
+    breaker keeps Redis off the request path. Bounded by wall clock with a generous margin (a
+    timeout per request would take at least seven timeouts) and proven by counting round trips."""
+    timeout = 1.0
+    cache = cache_on(redis_server.url, timeout=timeout, retry_after=60)
+    cache.install(engine)
+    try:
+        cached = caching_sessionmaker(engine)
         assert names(cached) == ["ann", "bob", "cid"]
-    rename(cached, "frozen")
-    assert names(cached)[0] == "frozen"
-    assert len(SENT.commands) == calls + 1
-    assert cache.stats()["errors"] >= 1
-    redis_server.thaw()
-    cache._store.breaker = type(cache._store.breaker)(0.05)  # retry soon instead of in 60 s
-    assert read_until_cache_recovers(cached, cache, "frozen")[0] == "frozen"
+        calls = len(SENT.commands)
+        redis_server.freeze()
+        started = time.monotonic()
+        for _ in range(5):
+            assert names(cached) == ["ann", "bob", "cid"]
+        rename(cached, "frozen")
+        assert names(cached)[0] == "frozen"
+        frozen_for = time.monotonic() - started
+        assert len(SENT.commands) == calls + 1
+        assert frozen_for < timeout + 3.0, f"{frozen_for:.1f}s: more than one timeout"
+        assert cache.stats()["errors"] >= 1
+        redis_server.thaw()
+        cache._store.breaker = type(cache._store.breaker)(0.05)  # retry soon instead of in 60 s
+        assert read_until_cache_recovers(cached, cache, "frozen")[0] == "frozen"
+    finally:
+        cache.uninstall(engine)
 
 
 def read_until_cache_recovers(
