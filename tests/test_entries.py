@@ -161,6 +161,14 @@ def crafted_bodies(valid_body: bytes) -> dict[str, bytes]:
     }
 
 
+SHAPE_NOT_CHECKED = pytest.mark.xfail(
+    strict=True,
+    reason="library bug: decode_payload checks neither the description nor the rows' shape, so "
+    "a crafted row raises TypeError/IndexError into the application or is served; drop this "
+    "mark with the fix",
+)
+
+
 @pytest.mark.usefixtures("seeded")
 @pytest.mark.parametrize(
     "kind",
@@ -172,6 +180,16 @@ def crafted_bodies(valid_body: bytes) -> dict[str, bytes]:
         "bad extension data",
         "another format version",
         "rows not a list",
+        *(
+            pytest.param(kind, marks=SHAPE_NOT_CHECKED)
+            for kind in (
+                "a row that is not a list",
+                "a row with too few values",
+                "a row with too many values",
+                "description not a list of columns",
+                "description of another width",
+            )
+        ),
     ],
 )
 def test_crafted_entry_with_a_bad_body_is_a_counted_miss_then_overwritten(
