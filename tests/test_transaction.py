@@ -423,17 +423,34 @@ def test_old_snapshot_on_sqlite(tmp_path: Any, query_cache: QueryCache) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "one phase"])
 @pytest.mark.parametrize("outcome", ["commit", "rollback"])
 @pytest.mark.usefixtures("seeded_mariadb")
-def test_two_phase_transactions(outcome: str, mariadb: Engine, query_cache: QueryCache) -> None:
+def test_two_phase_transactions(
+    outcome: str, prepared: bool, mariadb: Engine, query_cache: QueryCache
+) -> None:
+    """An XA transaction publishes its writes at its commit (after XA PREPARE or in one phase)
+    and nothing at its rollback: the cached entry stays alive. Between the prepare and the commit
+    the write is invisible, and readers get the cached rows."""
     query_cache.install(mariadb)
     cached = caching_sessionmaker(mariadb)
-    with cached() as session:
-        assert employee_names(session)[0] == "ann"
+    for _ in range(2):
+        with cached() as session:
+            assert employee_names(session)[0] == "ann"
+    invalidations = query_cache.stats()["invalidations"]
+    reads = DatabaseReads(mariadb)
     with mariadb.connect() as conn:
         transaction = conn.begin_twophase()
         conn.execute(update(Employee.__table__).where(Employee.id == 1).values(name="xa"))
-        transaction.prepare()
+        if prepared:
+            transaction.prepare()
+        with cached() as session:
+            assert employee_names(session)[0] == "ann"
+        assert reads.count == 0  # a hit: the write is not published before its commit
         getattr(transaction, outcome)()
     with cached() as session:
         assert employee_names(session)[0] == ("xa" if outcome == "commit" else "ann")
+    reads.close()
+    if outcome == "rollback":
+        assert reads.count == 0  # the entry outlived the rollback
+        assert query_cache.stats()["invalidations"] == invalidations
