@@ -438,24 +438,39 @@ def test_not_cached_reads_are_served_right_and_counted_as_bypasses(
     assert stats["bypasses"] == 2 * selects, stats
 
 
+def private_engine(engine: Any) -> Any:
+    """An engine of the test's own on the same database: session state it leaves on its
+    connections (temporary tables) never reaches the shared engine's pool."""
+    from sqlalchemy import create_engine
+
+    private = create_engine(engine.url)
+    with private.connect():  # the dialect's first-connect queries, before anyone counts reads
+        pass
+    return private
+
+
 def test_temporary_tables_are_read_from_the_database(
     seeded_mariadb: Any, query_cache: QueryCache
 ) -> None:
     """Each connection has its own temporary table of a name: the same SQL reads other rows on
     another connection, so no result of it may be shared."""
-    engine = seeded_mariadb
+    engine = private_engine(seeded_mariadb)  # its connections and their tables go with it
     query_cache.install(engine)
     reads = DatabaseReads(engine)
     read = text("SELECT x FROM sa_scratch")
-    with engine.connect() as one, engine.connect() as two:
-        for conn, x in ((one, 1), (two, 2)):
-            conn.exec_driver_sql("CREATE TEMPORARY TABLE sa_scratch (x INT)")
-            conn.exec_driver_sql(f"INSERT INTO sa_scratch VALUES ({x})")
-            conn.commit()
-        for conn, x in ((one, 1), (two, 2), (one, 1)):
-            assert conn.execute(read, execution_options={"redis_cache": True}).all() == [(x,)]
-            conn.rollback()
-    reads.close()
+    try:
+        with engine.connect() as one, engine.connect() as two:
+            for conn, x in ((one, 1), (two, 2)):
+                conn.exec_driver_sql("CREATE TEMPORARY TABLE sa_scratch (x INT)")
+                conn.exec_driver_sql(f"INSERT INTO sa_scratch VALUES ({x})")
+                conn.commit()
+            for conn, x in ((one, 1), (two, 2), (one, 1)):
+                assert conn.execute(read, execution_options={"redis_cache": True}).all() == [(x,)]
+                conn.rollback()
+    finally:
+        reads.close()
+        query_cache.uninstall(engine)
+        engine.dispose()
     assert reads.count == 3
     stats = query_cache.stats()
     assert (stats["hits"], stats["stores"], stats["bypasses"]) == (0, 0, 3), stats
@@ -524,20 +539,23 @@ def test_a_temporary_table_shadowing_a_cached_table_is_never_shared(
     """A connection creates a temporary table with the name of a table whose reads are already
     cached: on that connection the same SQL now reads the temporary rows, which must never be
     served to another connection."""
-    engine = seeded_mariadb
+    engine = private_engine(seeded_mariadb)  # its connections and their tables go with it
     query_cache.install(engine)
     cached = caching_sessionmaker(engine)
     read = text("SELECT title FROM project")
-    with cached() as session:
-        assert session.execute(read).all() == [("apollo",)]  # planned and stored
-    with engine.connect() as shadowing:
-        shadowing.exec_driver_sql("CREATE TEMPORARY TABLE project (title VARCHAR(80))")
-        shadowing.exec_driver_sql("INSERT INTO project VALUES ('temporary')")
-        shadowing.commit()
-        assert shadowing.execute(read, execution_options={"redis_cache": True}).all() == [
-            ("temporary",)
-        ]
-        shadowing.rollback()
-        with cached() as session:  # another connection: the real table
-            assert session.execute(read).all() == [("apollo",)]
-        shadowing.exec_driver_sql("DROP TEMPORARY TABLE project")
+    try:
+        with cached() as session:
+            assert session.execute(read).all() == [("apollo",)]  # planned and stored
+        with engine.connect() as shadowing:
+            shadowing.exec_driver_sql("CREATE TEMPORARY TABLE project (title VARCHAR(80))")
+            shadowing.exec_driver_sql("INSERT INTO project VALUES ('temporary')")
+            shadowing.commit()
+            assert shadowing.execute(read, execution_options={"redis_cache": True}).all() == [
+                ("temporary",)
+            ]
+            shadowing.rollback()
+            with cached() as session:  # another connection: the real table
+                assert session.execute(read).all() == [("apollo",)]
+    finally:
+        query_cache.uninstall(engine)
+        engine.dispose()
