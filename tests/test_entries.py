@@ -138,3 +138,92 @@ def test_hostile_entry_is_a_logged_counted_miss(
 def test_decode_rejects_what_is_not_a_payload_of_this_format(payload: bytes) -> None:
     with pytest.raises(CorruptEntryError):
         decode_payload(payload)
+
+
+def crafted_bodies(valid_body: bytes) -> dict[str, bytes]:
+    """Bodies for an entry whose header, epoch and versions are right: only the body is bad."""
+    _, description, rows = msgpack.unpackb(valid_body, raw=False)
+    width = len(description)
+
+    def body(*fields: Any) -> bytes:
+        packed: bytes = msgpack.packb(list(fields), use_bin_type=True)
+        return packed
+
+    return {
+        "malformed msgpack": b"\xc1",
+        "truncated": valid_body[: len(valid_body) // 2],
+        "trailing bytes": valid_body + b"\x00",
+        "unknown extension type": body(FORMAT_VERSION, description, [[msgpack.ExtType(99, b"x")]]),
+        "bad extension data": body(FORMAT_VERSION, description, [[msgpack.ExtType(1, b"nan?")]]),
+        "another format version": body(FORMAT_VERSION + 1, description, rows),
+        "rows not a list": body(FORMAT_VERSION, description, 5),
+        "a row that is not a list": body(FORMAT_VERSION, description, [5]),
+        "a row with too few values": body(FORMAT_VERSION, description, [[]]),
+        "a row with too many values": body(FORMAT_VERSION, description, [["x"] * (width + 1)]),
+        "description not a list of columns": body(FORMAT_VERSION, [5] * width, rows),
+        "description of another width": body(FORMAT_VERSION, [*description, *description], rows),
+    }
+
+
+SHAPE_NOT_CHECKED = pytest.mark.xfail(
+    strict=True,
+    reason="library bug: decode_payload checks neither the description nor the rows' shape, so "
+    "a crafted row raises TypeError/IndexError into the application or is served; drop this "
+    "mark with the fix",
+)
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "malformed msgpack",
+        "truncated",
+        "trailing bytes",
+        "unknown extension type",
+        "bad extension data",
+        "another format version",
+        "rows not a list",
+        *(
+            pytest.param(kind, marks=SHAPE_NOT_CHECKED)
+            for kind in (
+                "a row that is not a list",
+                "a row with too few values",
+                "a row with too many values",
+                "description not a list of columns",
+                "description of another width",
+            )
+        ),
+    ],
+)
+def test_crafted_entry_with_a_bad_body_is_a_counted_miss_then_overwritten(
+    kind: str,
+    engine: Engine,
+    cached: sessionmaker[Session],
+    query_cache: QueryCache,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An entry that passes the lookup script (its header, epoch and versions are the current
+    ones) but whose body is not a result of this statement: the database answers, the error is
+    counted and logged, nothing raises into the application, and a good entry replaces it."""
+    statement = select(Employee.name).order_by(Employee.id)
+    with cached() as session:
+        names = list(session.scalars(statement))
+    [key] = entry_keys(query_cache)
+    entry = query_cache.client.get(key)
+    prefix = entry[: entry.index(b";") + 1]  # header, epoch and versions
+    query_cache.client.set(key, prefix + crafted_bodies(entry[len(prefix) :])[kind], px=60_000)
+
+    errors = query_cache.stats()["errors"]
+    reads = DatabaseReads(engine)
+    with caplog.at_level(logging.WARNING, logger="sa_redis_cache"), cached() as session:
+        assert list(session.scalars(statement)) == names
+    assert reads.count == 1
+    assert query_cache.stats()["errors"] == errors + 1
+    assert "corrupt cache entry" in caplog.text
+
+    reads.reset()  # the bad entry was overwritten by a good one
+    with cached() as session:
+        assert list(session.scalars(statement)) == names
+    reads.close()
+    assert reads.count == 0

@@ -5,7 +5,6 @@ breaker keeps Redis off the request path, and no stale entry is served after rec
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +31,10 @@ pytestmark = [pytest.mark.usefixtures("seeded"), pytest.mark.flavors(*SYNC_FLAVO
 SENT = RedisCommandLog()  # the round trips tried, to prove the breaker stops them
 
 
-def cache_on(url: str, **options: Any) -> QueryCache:
+def cache_on(url: str, timeout: float = 0.2, **options: Any) -> QueryCache:
     SENT.clear()
-    client = SENT.client(url, socket_timeout=0.2, socket_connect_timeout=0.2, retry=None)
+    client = SENT.client(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None)
     return QueryCache(client, namespace="faults", **options)
-
-
-@pytest.fixture
-def faulty(engine: Engine, redis_server: RedisServer) -> Iterator[tuple[QueryCache, Any]]:
-    cache = cache_on(redis_server.url, retry_after=60)
-    cache.install(engine)
-    yield cache, caching_sessionmaker(engine)
-    cache.uninstall(engine)
 
 
 def names(cached: sessionmaker[Session]) -> list[str]:
@@ -75,21 +66,33 @@ def test_dead_redis_reads_and_writes_go_on(engine: Engine, redis_server: RedisSe
 
 
 def test_frozen_redis_costs_one_timeout_then_nothing(
-    faulty: tuple[QueryCache, Any], redis_server: RedisServer
+    engine: Engine, redis_server: RedisServer
 ) -> None:
-    cache, cached = faulty
-    assert names(cached) == ["ann", "bob", "cid"]
-    calls = len(SENT.commands)
-    redis_server.freeze()
-    for _ in range(5):
+    """Seven requests against a frozen Redis: one round trip is tried and times out, then the
+    breaker keeps Redis off the request path. Bounded by wall clock with a generous margin (a
+    timeout per request would take at least seven timeouts) and proven by counting round trips."""
+    timeout = 1.0
+    cache = cache_on(redis_server.url, timeout=timeout, retry_after=60)
+    cache.install(engine)
+    try:
+        cached = caching_sessionmaker(engine)
         assert names(cached) == ["ann", "bob", "cid"]
-    rename(cached, "frozen")
-    assert names(cached)[0] == "frozen"
-    assert len(SENT.commands) == calls + 1
-    assert cache.stats()["errors"] >= 1
-    redis_server.thaw()
-    cache._store.breaker = type(cache._store.breaker)(0.05)  # retry soon instead of in 60 s
-    assert read_until_cache_recovers(cached, cache, "frozen")[0] == "frozen"
+        calls = len(SENT.commands)
+        redis_server.freeze()
+        started = time.monotonic()
+        for _ in range(5):
+            assert names(cached) == ["ann", "bob", "cid"]
+        rename(cached, "frozen")
+        assert names(cached)[0] == "frozen"
+        frozen_for = time.monotonic() - started
+        assert len(SENT.commands) == calls + 1
+        assert frozen_for < timeout + 3.0, f"{frozen_for:.1f}s: more than one timeout"
+        assert cache.stats()["errors"] >= 1
+        redis_server.thaw()
+        cache._store.breaker = type(cache._store.breaker)(0.05)  # retry soon instead of in 60 s
+        assert read_until_cache_recovers(cached, cache, "frozen")[0] == "frozen"
+    finally:
+        cache.uninstall(engine)
 
 
 def read_until_cache_recovers(
@@ -150,44 +153,70 @@ def test_undelivered_bump_blocks_the_table_until_delivered(engine: Engine, tmp_p
         server.kill()
 
 
+EVICTIONS = {
+    "the clock and every version key": "{faults}:[vc]*",
+    "the table's version key, the clock kept": "{faults}:v:*.employee",
+    "the clock, the version keys kept": "{faults}:clock",
+}
+
+
+@pytest.mark.parametrize("evicted", EVICTIONS)
 def test_evicted_version_keys_never_revive_old_entries(
-    engine: Engine, redis_server: RedisServer
+    evicted: str, engine: Engine, redis_server: RedisServer
 ) -> None:
-    """allkeys-lru may evict a version key or the clock but keep an entry."""
+    """allkeys-lru may evict a version key or the clock but keep an entry: after a write, the
+    entry stored before it must stay dead whatever was evicted."""
     cache = cache_on(redis_server.url)
     cache.install(engine)
     try:
         cached = caching_sessionmaker(engine)
-        names(cached)
+        assert names(cached) == names(cached) == ["ann", "bob", "cid"]
+        assert cache.stats()["hits"] == 1
         client = redis.Redis(port=redis_server.port)
-        with Session(engine) as session:  # a write the cache did not see, then "eviction"
-            session.get(Employee, 1).name = "after"  # type: ignore[union-attr]
-            session.commit()
-        for key in client.scan_iter(match="{faults}:[vc]*"):
-            client.delete(key)
-        assert names(cached)[0] == "after"
+        [old_entry] = client.scan_iter(match="{faults}:e:*")
+        rename(cached, "after")
+        keys = list(client.scan_iter(match=EVICTIONS[evicted]))
+        assert keys and client.delete(*keys) == len(keys)
+        assert client.exists(old_entry)  # the entry stored before the write is kept
+        assert names(cached) == ["after", "bob", "cid"]
+        assert names(cached) == ["after", "bob", "cid"]
     finally:
         cache.uninstall(engine)
 
 
-def test_eviction_under_memory_pressure_never_serves_stale(engine: Engine, tmp_path: Path) -> None:
-    """allkeys-lru evicts entries, version keys and the clock alike while writes go on."""
-    server = RedisServer(tmp_path, "--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru")
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-random"])
+def test_eviction_under_memory_pressure_never_serves_stale(
+    policy: str, engine: Engine, tmp_path: Path
+) -> None:
+    """Eviction takes entries, version keys and the clock (allkeys-random does not spare the
+    recently used ones) while writes go on. Every read matches the database, above all the
+    re-reads, after each write, of entries stored before it."""
+    server = RedisServer(tmp_path, "--maxmemory", "3mb", "--maxmemory-policy", policy)
     server.start()
     cache = cache_on(server.url)
     cache.install(engine)
     try:
         cached, plain = caching_sessionmaker(engine), sessionmaker(engine)
         padding = "x" * 10_000  # makes every entry big, so that memory runs out quickly
-        for i in range(400):
-            if i % 7 == 0:
-                rename(cached, f"name {i}")
-            statement = select(Employee.name, literal(f"{padding}{i}")).order_by(Employee.id)
-            for _ in range(2):  # a miss, then (unless evicted or invalidated) a hit
-                with cached() as session:
-                    got = session.execute(statement).all()
-                with plain() as session:
-                    assert got == session.execute(statement).all(), f"stale at step {i}"
+
+        def statement(tag: str) -> Any:
+            return select(Employee.name, literal(f"{padding}{tag}")).order_by(Employee.id)
+
+        def check(tag: str, step: int) -> None:
+            with cached() as session:
+                got = session.execute(statement(tag)).all()
+            with plain() as session:
+                assert got == session.execute(statement(tag)).all(), f"stale at step {step}"
+
+        hot = [f"hot {k}" for k in range(6)]
+        for step in range(20):
+            rename(cached, f"name {step}")
+            for tag in hot:  # stored before the write (unless evicted): must not be served
+                check(tag, step)
+            for k in range(8):  # memory pressure
+                check(f"cold {step} {k}", step)
+            for tag in hot:  # stored after the write: hits, unless evicted
+                check(tag, step)
         info = redis.Redis(port=server.port).info("stats")
         assert info["evicted_keys"] > 0
         assert cache.stats()["hits"] > 0

@@ -11,6 +11,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from sa_redis_cache import QueryCache
+from sa_redis_cache.invalidation import Invalidator
 from tests import processes
 from tests.conftest import SYNC_FLAVORS, DatabaseReads, caching_sessionmaker
 from tests.models import Department, Employee
@@ -185,30 +186,173 @@ def test_a_lost_clock_never_makes_an_older_entry_look_fresh(
         assert employee_names(session)[0] == "while lost"
 
 
-@pytest.mark.usefixtures("seeded")
+@pytest.mark.usefixtures("seeded_mariadb")
 def test_entry_records_versions_read_before_its_sql(
-    engine: Engine, cached: sessionmaker[Session]
+    mariadb: Engine, query_cache: QueryCache
 ) -> None:
-    """The seed's bug: a write that commits while a read's SQL runs must not be lost."""
-    fired = []
+    """The seed's bug: a write that commits after the database answered a read, and before the
+    reader stores those rows, must not be lost. The reader gets the rows the database gave it
+    (the write had not committed when its SQL ran); the next read gets the write.
 
-    def write_while_reading(cursor: Any, statement: str, params: Any, context: Any) -> bool:
-        if not fired and "FROM employee" in statement:
-            fired.append(True)
-            with cached() as writer:  # commits and bumps before the read stores its rows
-                writer.get(Employee, 1).name = "during"  # type: ignore[union-attr]
-                writer.commit()
-        return False
+    MariaDB only: its readers do not block writers (SQLite's rollback journal would make the
+    writer wait for the reader's open statement)."""
+    query_cache.install(mariadb)
+    cached = caching_sessionmaker(mariadb)
+    with cached() as session:
+        assert employee_names(session) == ["ann", "bob", "cid"]
+    with cached() as session:
+        assert employee_names(session) == ["ann", "bob", "cid"]  # a hit
+    with cached() as writer:  # the cached entry dies: the reader below misses
+        writer.get(Employee, 1).name = "first"  # type: ignore[union-attr]
+        writer.commit()
 
-    event.listen(engine, "do_execute", write_while_reading)
+    fired: list[str] = []
+
+    def answer_then_write(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        # registered after install(): runs only for statements that reach the database
+        if fired or "FROM employee" not in statement:
+            return False
+        fired.append(statement)
+        cursor.execute(statement, parameters)  # the database answers the read ...
+        with cached() as writer:  # ... then a write commits, before the rows are stored
+            writer.get(Employee, 1).name = "second"  # type: ignore[union-attr]
+            writer.commit()
+        return True  # the statement has run
+
+    event.listen(mariadb, "do_execute", answer_then_write)
     try:
-        with cached() as session:
-            employee_names(session)  # returns whatever the database gave before the write
+        with cached() as reader:
+            assert employee_names(reader) == ["first", "bob", "cid"]
     finally:
-        event.remove(engine, "do_execute", write_while_reading)
+        event.remove(mariadb, "do_execute", answer_then_write)
     assert fired
     with cached() as session:
-        assert employee_names(session)[0] == "during"
+        assert employee_names(session) == ["second", "bob", "cid"]
+
+
+# -- the two bumps of a commit -----------------------------------------------------------------
+#
+# A commit announces its tables (bump + "being written" mark) before the database commit and
+# bumps them again after it, before commit() returns. These tests run a reader inside each window.
+
+
+def rename_first_employee(cached: sessionmaker[Session], name: str) -> None:
+    with cached() as writer:
+        writer.get(Employee, 1).name = name  # type: ignore[union-attr]
+        writer.commit()
+
+
+def read_in_window(
+    engine: Engine, cached: sessionmaker[Session], cache: QueryCache
+) -> dict[str, Any]:
+    """Read the employee names; report them, whether the read reached the database, and
+    whether it stored anything."""
+    stores = cache.stats()["stores"]
+    reads = DatabaseReads(engine)
+    try:
+        with cached() as reader:
+            names = employee_names(reader)
+    finally:
+        reads.close()
+    return {
+        "names": names,
+        "database reads": reads.count,
+        "stores": cache.stats()["stores"] - stores,
+    }
+
+
+@pytest.mark.usefixtures("seeded")
+def test_reader_between_announcement_and_database_commit(
+    engine: Engine, cached: sessionmaker[Session], query_cache: QueryCache
+) -> None:
+    """After the announcement the old entry is dead and the table is marked: a reader gets the
+    committed rows (the write is not committed yet) from the database and stores nothing."""
+    warm(cached)
+    window: list[dict[str, Any]] = []
+
+    def reader_before_database_commit(conn: Any) -> None:
+        # a commit listener registered after install(): runs after the announcement, before
+        # the database commit
+        if not window:
+            window.append(read_in_window(engine, cached, query_cache))
+
+    event.listen(engine, "commit", reader_before_database_commit)
+    try:
+        rename_first_employee(cached, "new")
+    finally:
+        event.remove(engine, "commit", reader_before_database_commit)
+    assert window == [{"names": ["ann", "bob", "cid"], "database reads": 1, "stores": 0}]
+    with cached() as session:
+        assert employee_names(session) == ["new", "bob", "cid"]
+
+
+@pytest.mark.usefixtures("seeded")
+def test_reader_between_database_commit_and_second_bump(
+    engine: Engine,
+    cached: sessionmaker[Session],
+    query_cache: QueryCache,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between the database commit and the second bump the table is still marked: a reader gets
+    the new rows from the database (never the old entry) and stores nothing; once commit() has
+    returned, the next read stores the new rows and the one after is a hit."""
+    warm(cached)
+    window: list[dict[str, Any]] = []
+    finish = Invalidator.finish
+
+    def read_then_finish(self: Invalidator, tables: frozenset[str], token: str | None) -> None:
+        if not window:
+            window.append(read_in_window(engine, cached, query_cache))
+        finish(self, tables, token)
+
+    monkeypatch.setattr(Invalidator, "finish", read_then_finish)
+    rename_first_employee(cached, "new")
+    monkeypatch.undo()
+    assert window == [{"names": ["new", "bob", "cid"], "database reads": 1, "stores": 0}]
+    assert read_in_window(engine, cached, query_cache) == {
+        "names": ["new", "bob", "cid"], "database reads": 1, "stores": 1
+    }  # fmt: skip
+    assert read_in_window(engine, cached, query_cache) == {
+        "names": ["new", "bob", "cid"], "database reads": 0, "stores": 0
+    }  # fmt: skip
+
+
+@pytest.mark.usefixtures("seeded_mariadb")
+def test_snapshot_taken_between_announcement_and_commit_is_never_stored(
+    mariadb: Engine, query_cache: QueryCache
+) -> None:
+    """What the second bump is for. A REPEATABLE READ transaction that begins inside the window
+    reads the counter after the announcement but sees the database as before the commit. Only
+    the bump after the commit shows it that its rows of the written table are older than the
+    versions it would store them under; without it, the old rows would be stored and served."""
+    query_cache.install(mariadb)
+    cached = caching_sessionmaker(mariadb)
+    with cached() as session:
+        assert employee_names(session) == ["ann", "bob", "cid"]  # cached before the write
+    reader = cached()
+    began: list[bool] = []
+
+    def begin_reader(conn: Any) -> None:
+        # a commit listener registered after install(): after the announcement, before the
+        # database commit
+        if not began:
+            began.append(True)
+            # a first read (a miss) takes the counter and the database snapshot here
+            assert department_names(reader) == ["sales", "ops"]
+
+    event.listen(mariadb, "commit", begin_reader)
+    try:
+        rename_first_employee(cached, "new")
+    finally:
+        event.remove(mariadb, "commit", begin_reader)
+    try:
+        assert began
+        assert employee_names(reader) == ["ann", "bob", "cid"]  # its snapshot: right for it
+    finally:
+        reader.close()
+    for _ in range(2):
+        with cached() as session:
+            assert employee_names(session) == ["new", "bob", "cid"]
 
 
 # -- 8. snapshots --------------------------------------------------------------------------------
@@ -282,17 +426,34 @@ def test_old_snapshot_on_sqlite(tmp_path: Any, query_cache: QueryCache) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "one phase"])
 @pytest.mark.parametrize("outcome", ["commit", "rollback"])
 @pytest.mark.usefixtures("seeded_mariadb")
-def test_two_phase_transactions(outcome: str, mariadb: Engine, query_cache: QueryCache) -> None:
+def test_two_phase_transactions(
+    outcome: str, prepared: bool, mariadb: Engine, query_cache: QueryCache
+) -> None:
+    """An XA transaction publishes its writes at its commit (after XA PREPARE or in one phase)
+    and nothing at its rollback: the cached entry stays alive. Between the prepare and the commit
+    the write is invisible, and readers get the cached rows."""
     query_cache.install(mariadb)
     cached = caching_sessionmaker(mariadb)
-    with cached() as session:
-        assert employee_names(session)[0] == "ann"
+    for _ in range(2):
+        with cached() as session:
+            assert employee_names(session)[0] == "ann"
+    invalidations = query_cache.stats()["invalidations"]
+    reads = DatabaseReads(mariadb)
     with mariadb.connect() as conn:
         transaction = conn.begin_twophase()
         conn.execute(update(Employee.__table__).where(Employee.id == 1).values(name="xa"))
-        transaction.prepare()
+        if prepared:
+            transaction.prepare()
+        with cached() as session:
+            assert employee_names(session)[0] == "ann"
+        assert reads.count == 0  # a hit: the write is not published before its commit
         getattr(transaction, outcome)()
     with cached() as session:
         assert employee_names(session)[0] == ("xa" if outcome == "commit" else "ann")
+    reads.close()
+    if outcome == "rollback":
+        assert reads.count == 0  # the entry outlived the rollback
+        assert query_cache.stats()["invalidations"] == invalidations

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, func, insert, select, text, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Session, sessionmaker
 
 from sa_redis_cache import QueryCache
@@ -120,6 +121,43 @@ def driver_sql_insert(s: Session, e: Engine) -> None:
         conn.exec_driver_sql("INSERT INTO department (id, name) VALUES (5, 'driver')")
 
 
+MANY = 50
+"""Rows in each many-row write below."""
+
+
+def orm_insert_many_rows(s: Session, e: Engine) -> None:
+    rows = [{"id": 100 + i, "name": f"many {i}", "department_id": 1} for i in range(MANY)]
+    s.execute(insert(Employee), rows)
+    s.commit()
+
+
+def core_executemany_insert(s: Session, e: Engine) -> None:
+    rows = [{"id": 100 + i, "name": f"many {i}", "department_id": 2} for i in range(MANY)]
+    with e.begin() as conn:
+        conn.execute(Employee.__table__.insert(), rows)
+
+
+def driver_executemany_insert(s: Session, e: Engine) -> None:
+    mark = "?" if e.dialect.paramstyle == "qmark" else "%s"
+    rows = [(100 + i, f"driver {i}") for i in range(MANY)]
+    with e.begin() as conn:
+        conn.exec_driver_sql(f"INSERT INTO department (id, name) VALUES ({mark}, {mark})", rows)
+
+
+def orm_update_many_rows_by_primary_key(s: Session, e: Engine) -> None:
+    s.execute(update(Employee), [{"id": i, "name": f"by pk {i}"} for i in (1, 2, 3)])
+    s.commit()
+
+
+def core_executemany_delete(s: Session, e: Engine) -> None:
+    table = employee_project
+    with e.begin() as conn:
+        conn.execute(
+            table.delete().where(table.c.employee_id == bindparam("who")),
+            [{"who": 1}, {"who": 2}],
+        )
+
+
 WRITES: dict[str, tuple[Write, Read]] = {
     "orm insert": (orm_add, names),
     "orm update": (orm_update, names),
@@ -136,6 +174,75 @@ WRITES: dict[str, tuple[Write, Read]] = {
     "core secondary delete": (core_many_to_many_delete, project_members),
     "text update": (text_update, names),
     "exec_driver_sql insert": (driver_sql_insert, department_names),
+    "orm insert of many rows": (orm_insert_many_rows, names),
+    "core executemany insert": (core_executemany_insert, names),
+    "exec_driver_sql executemany insert": (driver_executemany_insert, department_names),
+    "orm update of many rows by primary key": (orm_update_many_rows_by_primary_key, names),
+    "core executemany delete": (core_executemany_delete, project_members),
+}
+
+
+def multi_table_update(s: Session, e: Engine) -> None:
+    s.execute(
+        text(
+            "UPDATE employee e JOIN department d ON d.id = e.department_id "
+            "SET e.name = CONCAT(e.name, '+'), d.name = 'both' WHERE d.id = 2"
+        )
+    )
+    s.commit()
+
+
+def multi_table_delete(s: Session, e: Engine) -> None:
+    with e.begin() as conn:
+        conn.exec_driver_sql(
+            "DELETE ep, b FROM employee_project ep JOIN badge b ON b.employee_id = ep.employee_id "
+            "WHERE ep.employee_id = 1"
+        )
+
+
+def replace_into(s: Session, e: Engine) -> None:
+    """REPLACE deletes the old row first: its ON DELETE CASCADE children go too."""
+    s.execute(text("REPLACE INTO employee (id, name, department_id) VALUES (1, 'replaced', 1)"))
+    s.commit()
+
+
+def on_duplicate_key_update_text(s: Session, e: Engine) -> None:
+    s.execute(
+        text(
+            "INSERT INTO department (id, name) VALUES (1, 'dup') "
+            "ON DUPLICATE KEY UPDATE name = VALUES(name)"
+        )
+    )
+    s.commit()
+
+
+def on_duplicate_key_update_construct(s: Session, e: Engine) -> None:
+    statement = mysql.insert(Department).values(id=2, name="upserted")
+    s.execute(statement.on_duplicate_key_update(name=statement.inserted.name))
+    s.commit()
+
+
+def names_and_departments(session: Session) -> Any:
+    return names(session), department_names(session)
+
+
+def members_and_badges(session: Session) -> Any:
+    return project_members(session), badge_labels(session)
+
+
+def names_badges_and_members(session: Session) -> Any:
+    return names(session), badge_labels(session), project_members(session)
+
+
+MARIADB_WRITES: dict[str, tuple[Write, Read]] = {
+    "multi-table UPDATE": (multi_table_update, names_and_departments),
+    "multi-table DELETE": (multi_table_delete, members_and_badges),
+    "REPLACE (and its cascades)": (replace_into, names_badges_and_members),
+    "INSERT ... ON DUPLICATE KEY UPDATE (text)": (on_duplicate_key_update_text, department_names),
+    "INSERT ... ON DUPLICATE KEY UPDATE (construct)": (
+        on_duplicate_key_update_construct,
+        department_names,
+    ),
 }
 
 
@@ -145,12 +252,9 @@ def expected_after(write: Write, read: Read, engine: Engine) -> Any:
         return read(session)
 
 
-@pytest.mark.parametrize("case", WRITES)
-@pytest.mark.usefixtures("seeded")
-def test_committed_write_invalidates(
-    case: str, engine: Engine, cached: sessionmaker[Session], query_cache: QueryCache
+def check_write_invalidates(
+    engine: Engine, cached: sessionmaker[Session], query_cache: QueryCache, write: Write, read: Read
 ) -> None:
-    write, read = WRITES[case]
     with cached() as session:
         before = read(session)
     with cached() as session:
@@ -168,6 +272,24 @@ def test_committed_write_invalidates(
     assert after != before
     assert after == expected_after(write, read, engine)
     assert reads.count >= 1
+
+
+@pytest.mark.parametrize("case", WRITES)
+@pytest.mark.usefixtures("seeded")
+def test_committed_write_invalidates(
+    case: str, engine: Engine, cached: sessionmaker[Session], query_cache: QueryCache
+) -> None:
+    check_write_invalidates(engine, cached, query_cache, *WRITES[case])
+
+
+@pytest.mark.parametrize("case", MARIADB_WRITES)
+def test_committed_mariadb_write_invalidates(
+    case: str, seeded_mariadb: Engine, query_cache: QueryCache
+) -> None:
+    """MySQL's own DML, run against the database: every table it changes is invalidated."""
+    query_cache.install(seeded_mariadb)
+    cached = caching_sessionmaker(seeded_mariadb)
+    check_write_invalidates(seeded_mariadb, cached, query_cache, *MARIADB_WRITES[case])
 
 
 def test_write_of_unknown_reach_invalidates_everything(
@@ -231,6 +353,100 @@ def test_ddl_invalidates(
                 conn.exec_driver_sql("ALTER TABLE department DROP COLUMN note")
             if "INDEX" in statement:
                 conn.exec_driver_sql("DROP INDEX ix_badge_label ON badge")
+
+
+def test_ddl_is_published_when_it_runs_even_if_the_transaction_then_rolls_back(
+    seeded_mariadb: Engine, query_cache: QueryCache
+) -> None:
+    """MySQL commits DDL implicitly, with the writes that came before it in the transaction: a
+    rollback afterwards undoes neither, so both are published when the DDL runs."""
+    mariadb = seeded_mariadb
+    query_cache.install(mariadb)
+    cached = caching_sessionmaker(mariadb)
+    with cached() as session:
+        assert (names(session), badge_labels(session)) == (["ann", "bob", "cid"], ["gold"])
+    with mariadb.connect() as conn:
+        conn.begin()
+        conn.execute(update(Employee.__table__).where(Employee.id == 1).values(name="kept"))
+        conn.exec_driver_sql("TRUNCATE TABLE badge")  # commits the UPDATE with it
+        conn.rollback()  # nothing left to roll back
+    with Session(mariadb) as plain:
+        assert (names(plain), badge_labels(plain)) == (["kept", "bob", "cid"], [])
+    with cached() as session:
+        assert (names(session), badge_labels(session)) == (["kept", "bob", "cid"], [])
+
+
+# ON DELETE CASCADE is test_database_cascade_invalidates_child_tables; the other rules here.
+# InnoDB accepts SET DEFAULT in a table definition but refuses the write (like RESTRICT):
+# SET DEFAULT is tried on SQLite only.
+FK_RULES = [
+    ("mariadb", "UPDATE", "CASCADE", [(20,)]),
+    ("mariadb", "UPDATE", "SET NULL", [(None,)]),
+    ("mariadb", "DELETE", "SET NULL", [(None,)]),
+    ("sqlite", "UPDATE", "CASCADE", [(20,)]),
+    ("sqlite", "UPDATE", "SET NULL", [(None,)]),
+    ("sqlite", "DELETE", "SET NULL", [(None,)]),
+    ("sqlite", "UPDATE", "SET DEFAULT", [(0,)]),
+    ("sqlite", "DELETE", "SET DEFAULT", [(0,)]),
+]
+
+
+@pytest.mark.parametrize(
+    ("database", "event", "rule", "child_after"),
+    FK_RULES,
+    ids=[f"{database}-ON {event} {rule}" for database, event, rule, _ in FK_RULES],
+)
+def test_foreign_key_rules_invalidate_the_child_table(
+    database: str,
+    event: str,
+    rule: str,
+    child_after: list[tuple[Any, ...]],
+    query_cache: QueryCache,
+    request: pytest.FixtureRequest,
+    tmp_path: Any,
+) -> None:
+    """A write to the parent changes the child through its foreign key's rule: no statement
+    names the child table, yet its cached reads must die."""
+    from tests.conftest import sqlite_engine_at
+
+    if database == "mariadb":
+        engine: Engine = request.getfixturevalue("mariadb")
+    else:
+        engine = sqlite_engine_at(tmp_path / "rules.db")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS fk_child")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS fk_parent")
+        conn.exec_driver_sql(
+            "CREATE TABLE fk_parent (id INT PRIMARY KEY, code INT NOT NULL UNIQUE)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE fk_child (id INT PRIMARY KEY, code INT DEFAULT 0, "
+            f"FOREIGN KEY (code) REFERENCES fk_parent (code) ON {event} {rule})"
+        )
+        conn.exec_driver_sql("INSERT INTO fk_parent VALUES (1, 10), (2, 0)")
+        conn.exec_driver_sql("INSERT INTO fk_child VALUES (1, 10)")
+    query_cache.install(engine)
+    cached = caching_sessionmaker(engine)
+    child = text("SELECT code FROM fk_child")
+    try:
+        for _ in range(2):
+            with cached() as session:
+                assert session.execute(child).all() == [(10,)]
+        assert query_cache.stats()["hits"] == 1
+        with engine.begin() as conn:
+            if event == "UPDATE":
+                conn.exec_driver_sql("UPDATE fk_parent SET code = 20 WHERE id = 1")
+            else:
+                conn.exec_driver_sql("DELETE FROM fk_parent WHERE id = 1")
+        with cached() as session:
+            assert session.execute(child).all() == child_after
+    finally:
+        query_cache.uninstall(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE fk_child")
+            conn.exec_driver_sql("DROP TABLE fk_parent")
+        if database == "sqlite":
+            engine.dispose()
 
 
 def test_database_cascade_invalidates_child_tables(
@@ -343,3 +559,33 @@ def test_write_naming_another_schema_reaches_engines_on_that_schema(
     finally:
         query_cache.uninstall(other)
         other.dispose()
+
+
+def test_database_id_joins_engines_that_name_one_server_differently(
+    seeded_mariadb: Engine, query_cache: QueryCache, mysql_url: Any
+) -> None:
+    """127.0.0.1 and 127.1 reach one MariaDB but make two default server identities: without
+    ``database_id`` a write through one would not reach the readers of the other. Given the same
+    ``database_id``, both engines share one set of version keys."""
+    from sqlalchemy import create_engine
+
+    from sa_redis_cache.keys import server_identity
+
+    mariadb = seeded_mariadb
+    alias = create_engine(mysql_url.set(host="127.1"))
+    assert server_identity(alias.url) != server_identity(mariadb.url)
+    query_cache.install(mariadb, database_id="shop-primary")
+    query_cache.install(alias, database_id="shop-primary")
+    try:
+        for _ in range(2):
+            with caching_sessionmaker(mariadb)() as session:
+                assert names(session) == ["ann", "bob", "cid"]
+        assert query_cache.stats()["hits"] == 1
+        with caching_sessionmaker(alias)() as session:
+            session.get(Employee, 1).name = "through the alias"  # type: ignore[union-attr]
+            session.commit()
+        with caching_sessionmaker(mariadb)() as session:
+            assert names(session) == ["through the alias", "bob", "cid"]
+    finally:
+        query_cache.uninstall(alias)
+        alias.dispose()
