@@ -132,4 +132,13 @@ def decode_payload(payload: bytes) -> Entry:
     _, description, rows = fields
     if not isinstance(rows, tuple) or not isinstance(description, tuple):
         raise CorruptEntryError("malformed entry")
+    # the ORM indexes rows by the description: a row of another shape would raise in SQLAlchemy's
+    # result processing (after the cache's hooks) or be served; a DBAPI column has 7 fields
+    width = len(description)
+    for column in description:
+        if not isinstance(column, tuple) or len(column) != 7 or not isinstance(column[0], str):
+            raise CorruptEntryError("malformed column description")
+    for row in rows:
+        if not isinstance(row, tuple) or len(row) != width:
+            raise CorruptEntryError("a row does not match the description")
     return Entry(description, rows)

@@ -229,6 +229,8 @@ class TableDetector:
         if isinstance(tree, exp.Create) and re.search(r"\bTEMPORARY\b", sql, re.IGNORECASE):
             with self._lock:
                 self._temporary_tables.update(tables)
+                # statements planned before now read these names as plain tables: plan them again
+                self._plans.clear()
         return StatementPlan(StatementKind.DDL, frozenset(tables) or frozenset({ALL_TABLES}))
 
 

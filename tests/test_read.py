@@ -528,11 +528,6 @@ def test_values_without_a_faithful_encoding_are_served_and_counted_as_bypasses(
     assert (stats["hits"], stats["stores"], stats["bypasses"]) == (0, 0, 4), stats
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a statement planned before CREATE TEMPORARY TABLE of its table keeps its "
-    "cached, cacheable plan (TableDetector never revisits it); drop this mark with the fix",
-)
 def test_a_temporary_table_shadowing_a_cached_table_is_never_shared(
     seeded_mariadb: Any, query_cache: QueryCache
 ) -> None:
