@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo serve test bench lint services
+.PHONY: demo serve test bench lint services peer
 
 $(VENV)/.demo-installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,6 +36,12 @@ test: $(VENV)/.dev-installed services
 ## bench: the benchmark at full size (a few minutes); writes docs/benchmarks.md and .png
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench
+
+## peer: SQLAlchemy's own test/orm without and with the cache on every engine, on SQLite and
+## MariaDB; prints the tests that fail only with the cache (long: see docs/peer.md).
+## PEER_ARGS narrows it, e.g. PEER_ARGS="--backend sqlite test/orm/test_events.py -k flags"
+peer: $(VENV)/.dev-installed services
+	$(PY) -m peer $(PEER_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
