@@ -58,6 +58,8 @@ class Run:
     outcomes: dict[str, str] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
     """Per test, the hits its body got from the cache (junit property ``cache_hits``)."""
+    messages: dict[str, str] = field(default_factory=dict)
+    """Per failing test, the first line of its failure or error."""
     seconds: float = 0.0
     exit_code: int = 0
     stats: dict[str, object] | None = None
@@ -290,7 +292,7 @@ def run_suite(
     run.seconds = time.monotonic() - started
     if not junit.exists():
         raise SystemExit(f"peer: {run.name} wrote no junit XML (exit {run.exit_code}); see {log}")
-    run.outcomes, run.hits = read_junit(junit)
+    run.outcomes, run.hits, run.messages = read_junit(junit)
     if stats.exists():
         run.stats = json.loads(stats.read_text())
     print(
@@ -301,11 +303,13 @@ def run_suite(
     return run
 
 
-def read_junit(path: Path) -> tuple[dict[str, str], dict[str, int]]:
-    """Test id -> passed, failed, error or skipped (the worst of its phases); test id -> hits."""
+def read_junit(path: Path) -> tuple[dict[str, str], dict[str, int], dict[str, str]]:
+    """Per test id: passed, failed, error or skipped (the worst of its phases); the hits its
+    body got; the first line of its failure."""
     rank = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
     outcomes: dict[str, str] = {}
     hits: dict[str, int] = {}
+    messages: dict[str, str] = {}
     for case in ET.parse(path).iter("testcase"):
         test_id = _test_id(case.get("classname", ""), case.get("name", ""))
         for prop in case.iter("property"):
@@ -315,12 +319,15 @@ def read_junit(path: Path) -> tuple[dict[str, str], dict[str, int]]:
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
                 found = "failed" if child.tag == "failure" else child.tag
+                if found in FAILING and test_id not in messages:
+                    message = (child.get("message") or "").strip().splitlines() or [""]
+                    messages[test_id] = message[0][:200]
                 if rank[found] > rank[outcome]:
                     outcome = found
         previous = outcomes.get(test_id)
         if previous is None or rank[outcome] > rank[previous]:
             outcomes[test_id] = outcome
-    return outcomes, hits
+    return outcomes, hits, messages
 
 
 def _test_id(classname: str, name: str) -> str:
@@ -358,7 +365,12 @@ def summarize(version: str, runs: list[Run], pytest_args: list[str]) -> Report:
     for run in runs:
         if run.stats is not None:
             counters = ", ".join(f"{k} {v}" for k, v in run.stats.items() if k != "namespace")
-            lines += ["", f"{run.backend}, the cache's counters: {counters}"]
+            served = sum(1 for n in run.hits.values() if n)
+            lines += [
+                "",
+                f"{run.backend}, the cache's counters: {counters}; "
+                f"{served} tests got at least one hit in their body",
+            ]
             if not run.stats.get("hits"):
                 lines.append("  NO HIT: the cache served nothing, this run proves nothing")
                 ok = False
@@ -384,7 +396,7 @@ def summarize(version: str, runs: list[Run], pytest_args: list[str]) -> Report:
         ]
         lines += [
             f"  cache only: {t} ({cached[t]}, {pair['cache'].hits.get(t, 0)} hits; "
-            f"baseline: {base.get(t, 'absent')})"
+            f"baseline: {base.get(t, 'absent')})\n    {pair['cache'].messages.get(t, '')}"
             for t in only_cache
         ]
         lines += [f"  baseline only: {t}" for t in only_base]
