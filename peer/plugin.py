@@ -1,8 +1,9 @@
 """pytest plugin: one :class:`~sa_redis_cache.QueryCache` on every engine the suite creates,
 caching every read.
 
-Loaded into SQLAlchemy's own test suite with ``-p peer.plugin`` by :mod:`peer.run`. It must not
-change what a test observes other than through the cache itself, so:
+Loaded into SQLAlchemy's own test suite with ``-p peer.plugin`` by :mod:`peer.run`, in both of
+its runs; ``--peer-cache`` is what turns the cache on. It must not change what a test observes
+other than through the cache itself, so:
 
 - engines are reached through ``Dialect.engine_created``, the hook ``create_engine`` calls on
   every new engine (the one meant for "dialects and wrappers to apply events"), not by editing
@@ -32,6 +33,18 @@ _DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sa_redis_cache peer", "the cache on every engine (make peer)")
+    group.addoption(
+        "--peer-cache",
+        action="store_true",
+        help="install the cache on every engine the suite creates, caching every read",
+    )
+    group.addoption(
+        "--peer-select",
+        default=None,
+        metavar="FILE",
+        help="run only the tests whose ids (one a line) are in FILE: SQLAlchemy generates a "
+        "class per backend during collection, which command-line test ids cannot name",
+    )
     group.addoption(
         "--peer-redis-url",
         default=os.environ.get("SA_REDIS_CACHE_REDIS_URL", _DEFAULT_REDIS),
@@ -104,11 +117,24 @@ _STATE = pytest.StashKey[CacheEverywhere]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("--peer-cache"):
+        return
     run_id = os.environ.get("SA_REDIS_CACHE_TEST_ID", "main")
     namespace = f"peer-{run_id}-{uuid.uuid4().hex[:8]}"[:64]
     state = CacheEverywhere(str(config.getoption("--peer-redis-url")), namespace)
     state.start()
     config.stash[_STATE] = state
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    path = config.getoption("--peer-select")
+    if not path:
+        return
+    with open(path) as f:
+        wanted = {line.strip() for line in f if line.strip()}
+    config.hook.pytest_deselected(items=[item for item in items if item.nodeid not in wanted])
+    items[:] = [item for item in items if item.nodeid in wanted]
 
 
 @pytest.hookimpl(wrapper=True)
