@@ -25,6 +25,8 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -87,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mode", action="append", choices=MODES, help="run only this mode (default: both)"
     )
+    parser.add_argument(
+        "--own-mariadb",
+        action="store_true",
+        help="run the MariaDB suite on a throwaway server of its own (mariadbd on a free port, "
+        "data in .peer/mariadb) instead of the shared one: other clients' metadata locks "
+        "cannot stall it (see docs/peer.md)",
+    )
     options, pytest_args = parser.parse_known_args(argv)
     if not any(arg.startswith("test/") for arg in pytest_args):
         pytest_args = ["test/orm", *pytest_args]
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     reruns: dict[str, dict[str, Run]] = {}
     for backend in backends:
-        with backend_database(backend) as dburi:
+        with backend_database(backend, options.own_mariadb) as dburi:
             pair = {
                 mode: run_suite(tree, backend, mode, dburi, pytest_args, results) for mode in modes
             }
@@ -168,7 +177,7 @@ def prepare_tree(version: str, installed: Path) -> Path:
         if lib.is_symlink() or lib.is_file():
             lib.unlink()
         elif lib.exists():
-            _remove_tree(lib)
+            shutil.rmtree(lib)
         lib.symlink_to(installed, target_is_directory=True)
     # the plugin is importable as peer.plugin without putting the whole checkout (its tests/,
     # alembic/ ...) on the suite's import path
@@ -182,25 +191,85 @@ def prepare_tree(version: str, installed: Path) -> Path:
     return tree
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
-
-
 # -- databases -------------------------------------------------------------------------------
 
 
 @contextmanager
-def backend_database(backend: str) -> Iterator[str | None]:
+def backend_database(backend: str, own_server: bool = False) -> Iterator[str | None]:
     """``--dburi`` for ``backend`` (None: the suite's default in-memory SQLite)."""
     if backend == "sqlite":
         yield None
         return
+    if own_server:
+        with own_mariadb() as server_url, _suite_databases(server_url) as dburi:
+            yield dburi
+    else:
+        with _suite_databases(MYSQL_URL) as dburi:
+            yield dburi
+
+
+@contextmanager
+def own_mariadb() -> Iterator[str]:
+    """A throwaway MariaDB server on a free loopback port, stopped (by its pid) afterwards."""
+
+    datadir = WORK / "mariadb"
+    if datadir.exists():
+        shutil.rmtree(datadir)
+    datadir.mkdir(parents=True)
+    subprocess.run(
+        [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={datadir / 'data'}",
+            "--auth-root-authentication-method=normal",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(datadir / "mariadbd.log", "w")  # noqa: SIM115 (open while the server runs)
+    server = subprocess.Popen(
+        [
+            "mariadbd",
+            "--no-defaults",
+            f"--datadir={datadir / 'data'}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={datadir / 'mariadbd.sock'}",
+            "--user=root",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=256M",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(
+            ["mariadb-admin", "-h", "127.0.0.1", "-P", str(port), "-u", "root", "ping"],
+            capture_output=True,
+        ).returncode:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"peer: mariadbd did not start; see {datadir / 'mariadbd.log'}")
+            time.sleep(0.2)
+        print(f"peer: a MariaDB server of its own on 127.0.0.1:{port} (pid {server.pid})")
+        yield f"mysql+mysqldb://root@127.0.0.1:{port}/"
+    finally:
+        server.terminate()
+        server.wait(60)
+        log.close()
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+@contextmanager
+def _suite_databases(server_url: str) -> Iterator[str]:
+    """The suite's database (fresh per run) and its two fixed schemas on ``server_url``."""
     import MySQLdb
     from sqlalchemy.engine import make_url
 
-    url = make_url(MYSQL_URL)
+    url = make_url(server_url)
     admin = MySQLdb.connect(
         host=url.host or "127.0.0.1",
         port=url.port or 3306,
