@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-binlog serve test bench bench-binlog lint services
+.PHONY: demo demo-binlog serve test bench bench-binlog lint services peer
 
 $(VENV)/.demo-installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -51,6 +51,12 @@ bench: $(VENV)/.dev-installed
 ## bench-binlog: the binlog watcher's lag and what its second bump costs (a few minutes)
 bench-binlog: $(VENV)/.dev-installed
 	$(PY) -m bench.binlog
+
+## peer: SQLAlchemy's own test/orm without and with the cache on every engine, on SQLite and
+## MariaDB; prints the tests that fail only with the cache (long: see docs/peer.md).
+## PEER_ARGS narrows it, e.g. PEER_ARGS="--backend sqlite test/orm/test_events.py -k flags"
+peer: $(VENV)/.dev-installed services
+	$(PY) -m peer $(PEER_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .

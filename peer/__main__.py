@@ -1,0 +1,5 @@
+import sys
+
+from peer.run import main
+
+sys.exit(main())
