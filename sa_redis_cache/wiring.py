@@ -241,9 +241,10 @@ class EngineWiring:
     def _plan(self, context: DefaultExecutionContext, statement: str) -> StatementPlan:
         compiled = context.compiled
         if compiled is not None and context.isinsert:
-            # INSERT ... VALUES batches can be huge: name the target without parsing (an ORM
-            # insert loaded through from_statement() has no table of its own: parse it)
-            table = getattr(compiled.statement, "table", None)
+            # INSERT ... VALUES batches can be huge: name the target without parsing (the compile
+            # state has it even for an ORM insert loaded through from_statement(), whose statement
+            # is a FromStatement with no table of its own); failing that, parse
+            table = getattr(getattr(compiled, "dml_compile_state", None), "dml_table", None)
             if table is not None and isinstance(getattr(table, "name", None), str):
                 name = self.detector.table_name(table.name, table.schema)
                 return StatementPlan(StatementKind.WRITE, frozenset({name}))
