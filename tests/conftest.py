@@ -179,6 +179,19 @@ def is_async(engine: Engine) -> bool:
     return engine in _TWINS
 
 
+def raw_client(cache: QueryCache) -> redis.Redis:
+    """A plain sync client on the cache's Redis, for tests that look at keys themselves."""
+    if not cache.is_async:
+        return cache.client  # type: ignore[return-value]
+    settings = cache.client.connection_pool.connection_kwargs
+    return redis.Redis(
+        host=settings.get("host", "127.0.0.1"),
+        port=settings.get("port", 6379),
+        db=settings.get("db", 0),
+        socket_timeout=5,
+    )
+
+
 def plain(engine: Engine) -> Engine:
     """A synchronous engine on the same database (for fixtures, which run outside the loop)."""
     return _TWINS.get(engine, engine)

@@ -11,7 +11,7 @@ from sqlalchemy.engine import URL
 
 from sa_redis_cache import QueryCache
 from tests import processes
-from tests.conftest import caching_sessionmaker
+from tests.conftest import caching_sessionmaker, raw_client
 from tests.models import Employee
 
 
@@ -37,7 +37,7 @@ def test_writer_killed_after_commit_before_bump(
         exitcode=-9,
     )  # fmt: skip
 
-    marker = query_cache.client.keys("{" + query_cache.namespace + "}:w:*.employee")
+    marker = raw_client(query_cache).keys("{" + query_cache.namespace + "}:w:*.employee")
     assert marker, "the dead writer's mark should still be there"
     before = query_cache.stats()
     assert first_name() == "committed"  # mark alive: read from the database, nothing stored

@@ -26,12 +26,8 @@ from sa_redis_cache.serialization import (
     entry_header,
     entry_signature,
 )
-from tests.conftest import SYNC_FLAVORS, DatabaseReads
+from tests.conftest import DatabaseReads, raw_client
 from tests.models import Department, Employee
-
-# not yet run in the async flavors: these tests inspect Redis through the cache's own client
-pytestmark = pytest.mark.flavors(*SYNC_FLAVORS)
-
 
 ROW_VALUES: list[Any] = [
     None, True, 0, -(2**63), 2**64 + 1, 1.5, "text ü", b"\x00\xff", bytearray(b"ba"),
@@ -82,7 +78,7 @@ def hostile_payloads(tmp_path: Path, valid_other_key: bytes) -> dict[str, bytes]
 
 
 def entry_keys(cache: QueryCache) -> set[bytes]:
-    return set(cache.client.scan_iter(match="{" + cache.namespace + "}:e:*"))
+    return set(raw_client(cache).scan_iter(match="{" + cache.namespace + "}:e:*"))
 
 
 @pytest.mark.usefixtures("seeded")
@@ -113,8 +109,8 @@ def test_hostile_entry_is_a_logged_counted_miss(
         names = list(session.scalars(select(Employee.name).order_by(Employee.id)))
     [key] = entry_keys(query_cache) - {other_key}
 
-    payload = hostile_payloads(tmp_path, query_cache.client.get(other_key))[kind]
-    query_cache.client.set(key, payload, px=60_000)
+    payload = hostile_payloads(tmp_path, raw_client(query_cache).get(other_key))[kind]
+    raw_client(query_cache).set(key, payload, px=60_000)
     errors = query_cache.stats()["errors"]
     reads = DatabaseReads(engine)
     with caplog.at_level(logging.WARNING, logger="sa_redis_cache"), cached() as session:
@@ -197,9 +193,9 @@ def test_crafted_entry_with_a_bad_body_is_a_counted_miss_then_overwritten(
     with cached() as session:
         names = list(session.scalars(statement))
     [key] = entry_keys(query_cache)
-    entry = query_cache.client.get(key)
+    entry = raw_client(query_cache).get(key)
     prefix = entry[: entry.index(b";") + 1]  # header, epoch and versions
-    query_cache.client.set(key, prefix + crafted_bodies(entry[len(prefix) :])[kind], px=60_000)
+    raw_client(query_cache).set(key, prefix + crafted_bodies(entry[len(prefix) :])[kind], px=60_000)
 
     errors = query_cache.stats()["errors"]
     reads = DatabaseReads(engine)

@@ -16,24 +16,25 @@ from sqlalchemy.orm import Session, sessionmaker
 from sa_redis_cache import QueryCache
 from sa_redis_cache.round_trips import RedisCommandLog
 from tests.conftest import (
-    SYNC_FLAVORS,
     DatabaseReads,
     RedisServer,
     caching_sessionmaker,
+    is_async,
     unique_namespace,
 )
 from tests.models import Employee
 
-# not yet run in the async flavors: these tests inspect Redis through the cache's own client
-pytestmark = [pytest.mark.usefixtures("seeded"), pytest.mark.flavors(*SYNC_FLAVORS)]
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 SENT = RedisCommandLog()  # the round trips tried, to prove the breaker stops them
 
 
-def cache_on(url: str, timeout: float = 0.2, **options: Any) -> QueryCache:
+def cache_on(engine: Engine, url: str, timeout: float = 0.2, **options: Any) -> QueryCache:
+    """A cache of ``engine``'s flavor whose round trips land in SENT."""
     SENT.clear()
-    client = SENT.client(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None)
+    make_client = SENT.async_client if is_async(engine) else SENT.client
+    client = make_client(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None)
     return QueryCache(client, namespace="faults", **options)
 
 
@@ -50,7 +51,7 @@ def rename(cached: sessionmaker[Session], name: str) -> None:
 
 def test_dead_redis_reads_and_writes_go_on(engine: Engine, redis_server: RedisServer) -> None:
     redis_server.kill()
-    cache = cache_on(redis_server.url, retry_after=60)
+    cache = cache_on(engine, redis_server.url, retry_after=60)
     cache.install(engine)
     try:
         cached = caching_sessionmaker(engine)
@@ -72,7 +73,7 @@ def test_frozen_redis_costs_one_timeout_then_nothing(
     breaker keeps Redis off the request path. Bounded by wall clock with a generous margin (a
     timeout per request would take at least seven timeouts) and proven by counting round trips."""
     timeout = 1.0
-    cache = cache_on(redis_server.url, timeout=timeout, retry_after=60)
+    cache = cache_on(engine, redis_server.url, timeout=timeout, retry_after=60)
     cache.install(engine)
     try:
         cached = caching_sessionmaker(engine)
@@ -111,7 +112,7 @@ def read_until_cache_recovers(
 
 
 def test_restarted_empty_redis(engine: Engine, redis_server: RedisServer) -> None:
-    cache = cache_on(redis_server.url, retry_after=0.05)
+    cache = cache_on(engine, redis_server.url, retry_after=0.05)
     cache.install(engine)
     try:
         cached = caching_sessionmaker(engine)
@@ -132,7 +133,7 @@ def test_undelivered_bump_blocks_the_table_until_delivered(engine: Engine, tmp_p
     stale, so this process serves nothing of that table until its bump gets through."""
     server = RedisServer(tmp_path, "--dbfilename", "dump.rdb")
     server.start()
-    cache = cache_on(server.url, retry_after=0.05)
+    cache = cache_on(engine, server.url, retry_after=0.05)
     cache.install(engine)
     try:
         cached = caching_sessionmaker(engine)
@@ -166,7 +167,7 @@ def test_evicted_version_keys_never_revive_old_entries(
 ) -> None:
     """allkeys-lru may evict a version key or the clock but keep an entry: after a write, the
     entry stored before it must stay dead whatever was evicted."""
-    cache = cache_on(redis_server.url)
+    cache = cache_on(engine, redis_server.url)
     cache.install(engine)
     try:
         cached = caching_sessionmaker(engine)
@@ -193,7 +194,7 @@ def test_eviction_under_memory_pressure_never_serves_stale(
     re-reads, after each write, of entries stored before it."""
     server = RedisServer(tmp_path, "--maxmemory", "3mb", "--maxmemory-policy", policy)
     server.start()
-    cache = cache_on(server.url)
+    cache = cache_on(engine, server.url)
     cache.install(engine)
     try:
         cached, plain = caching_sessionmaker(engine), sessionmaker(engine)
@@ -230,7 +231,7 @@ def test_lost_script_cache_is_reloaded_without_an_error(
 ) -> None:
     """SCRIPT FLUSH (or a failover to a replica that never saw the scripts): the next call loads
     them again; the read is still served and nothing counts as an error."""
-    cache = cache_on(redis_server.url)
+    cache = cache_on(engine, redis_server.url)
     cache.install(engine)
     try:
         cached = caching_sessionmaker(engine)
@@ -250,7 +251,8 @@ def test_lost_script_cache_is_reloaded_without_an_error(
 
 def test_a_client_that_decodes_responses_serves_hits(engine: Engine, redis_url: str) -> None:
     """Entries are binary: the cache reads them undecoded whatever the client's decode_responses."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1)
+    client_class = redis.asyncio.Redis if is_async(engine) else redis.Redis
+    client = client_class.from_url(redis_url, decode_responses=True, socket_timeout=1)
     cache = QueryCache(client, namespace=unique_namespace("faults-decoding"))
     cache.install(engine)
     try:

@@ -14,11 +14,8 @@ from sqlalchemy.engine import URL
 from sa_redis_cache import QueryCache
 from sa_redis_cache.round_trips import RedisCommandLog
 from tests import processes
-from tests.conftest import SYNC_FLAVORS, caching_sessionmaker, unique_namespace
+from tests.conftest import caching_sessionmaker, is_async, raw_client, unique_namespace
 from tests.models import Employee
-
-# not yet run in the async flavors: these tests inspect Redis through the cache's own client
-pytestmark = pytest.mark.flavors(*SYNC_FLAVORS)
 
 
 @pytest.mark.usefixtures("seeded_mariadb")
@@ -51,7 +48,7 @@ def take_the_lock_and_die(cache: QueryCache, engine: Engine, statement: Any) -> 
             session.execute(statement).all()
     finally:
         event.remove(engine, "do_execute", holder_dies)
-    [lock] = cache.client.keys("{" + cache.namespace + "}:l:*")
+    [lock] = raw_client(cache).keys("{" + cache.namespace + "}:l:*")
     return bytes(lock)
 
 
@@ -65,7 +62,10 @@ def test_waiting_is_bounded_then_the_database_answers(
     stampede_wait; a slow holder's (a process configured with a longer stampede_wait) outlives
     the wait, so only the waiter's own deadline ends it."""
     cache = QueryCache.from_url(
-        redis_url, namespace=unique_namespace("test-stampede-bound"), stampede_wait=WAIT
+        redis_url,
+        asyncio=is_async(engine),
+        namespace=unique_namespace("test-stampede-bound"),
+        stampede_wait=WAIT,
     )
     cache.install(engine)
     cached = caching_sessionmaker(engine)
@@ -73,7 +73,7 @@ def test_waiting_is_bounded_then_the_database_answers(
     try:
         lock = take_the_lock_and_die(cache, engine, statement)
         if holder.startswith("slow"):
-            assert cache.client.pexpire(lock, 15_000)
+            assert raw_client(cache).pexpire(lock, 15_000)
 
         before = cache.stats()
         started = time.monotonic()
@@ -96,7 +96,9 @@ def test_stampede_wait_zero_never_locks_nor_waits(engine: Engine, redis_url: str
     """stampede_wait=0: a miss takes no lock, and a miss that finds another process's lock reads
     the database at once: a lookup and a store, no poll, and the result is stored."""
     log = RedisCommandLog()
-    client = log.client(redis_url, socket_timeout=1, retry=None)
+    client = (log.async_client if is_async(engine) else log.client)(
+        redis_url, socket_timeout=1, retry=None
+    )
     cache = QueryCache(client, namespace=unique_namespace("test-stampede-zero"), stampede_wait=0)
     cache.install(engine)
     plain = redis.Redis.from_url(redis_url)  # looks at the keys without being logged

@@ -6,18 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, select, text, update
+from sqlalchemy import Engine, event, select, text, update
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from sa_redis_cache import QueryCache
 from sa_redis_cache.invalidation import Invalidator
 from tests import processes
-from tests.conftest import SYNC_FLAVORS, DatabaseReads, caching_sessionmaker
+from tests.conftest import DatabaseReads, caching_sessionmaker, dispose, engine_like, raw_client
 from tests.models import Department, Employee
-
-# not yet run in the async flavors: these tests inspect Redis through the cache's own client
-pytestmark = pytest.mark.flavors(*SYNC_FLAVORS)
 
 
 def employee_names(session: Session) -> list[str]:
@@ -153,7 +150,7 @@ def test_versions_come_from_redis_and_only_move_forward(
     engine: Engine, cached: sessionmaker[Session], query_cache: QueryCache
 ) -> None:
     warm(cached)
-    client = query_cache.client
+    client = raw_client(query_cache)
     [key] = client.keys("{" + query_cache.namespace + "}:v:*.employee")
     seen = [int(client.get(key))]
     for name in ("x", "y"):
@@ -171,7 +168,7 @@ def test_a_lost_clock_never_makes_an_older_entry_look_fresh(
     """Redis restarted empty but the entry survived (or the clock was evicted): a new counter
     that reaches the entry's recorded version must still not revive it."""
     warm(cached)
-    client = query_cache.client
+    client = raw_client(query_cache)
     ns = "{" + query_cache.namespace + "}"
     [version_key] = client.keys(f"{ns}:v:*.employee")
     recorded = client.get(version_key)
@@ -363,7 +360,7 @@ def test_snapshot_taken_between_announcement_and_commit_is_never_stored(
 def test_old_snapshot_never_stores_under_new_versions(
     isolation: str, mariadb: Engine, mysql_url: URL, query_cache: QueryCache
 ) -> None:
-    reader_engine = create_engine(mysql_url, isolation_level=isolation)
+    reader_engine = engine_like(mariadb, isolation_level=isolation)
     query_cache.install(mariadb)
     query_cache.install(reader_engine)
     try:
@@ -383,7 +380,7 @@ def test_old_snapshot_never_stores_under_new_versions(
                 assert employee_names(session)[0] == "after snapshot"
     finally:
         query_cache.uninstall(reader_engine)
-        reader_engine.dispose()
+        dispose(reader_engine)
 
 
 @pytest.mark.usefixtures("seeded_mariadb")

@@ -13,12 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sa_redis_cache import QueryCache
 from sa_redis_cache.tables import TableDetector
-from tests.conftest import SYNC_FLAVORS, DatabaseReads, caching_sessionmaker
+from tests.conftest import DatabaseReads, caching_sessionmaker, dispose, engine_like
 from tests.models import Badge, Department, Employee, Manager, Person, Project, employee_project
-
-# not yet run in the async flavors: these tests inspect Redis through the cache's own client
-pytestmark = pytest.mark.flavors(*SYNC_FLAVORS)
-
 
 Read = Callable[[Session], Any]
 Write = Callable[[Session, Engine], None]
@@ -512,9 +508,8 @@ def test_autocommit_writes_are_published_when_they_run(
     mariadb: Engine, seeded_mariadb: Engine, query_cache: QueryCache, mysql_url: Any
 ) -> None:
     """Under AUTOCOMMIT a write is visible the moment it runs, long before any commit()."""
-    from sqlalchemy import create_engine
 
-    autocommit = create_engine(mysql_url, isolation_level="AUTOCOMMIT")
+    autocommit = engine_like(mariadb, isolation_level="AUTOCOMMIT")
     query_cache.install(mariadb)
     query_cache.install(autocommit)
     try:
@@ -527,7 +522,7 @@ def test_autocommit_writes_are_published_when_they_run(
                 assert names(session)[0] == "auto"
     finally:
         query_cache.uninstall(autocommit)
-        autocommit.dispose()
+        dispose(autocommit)
 
 
 def test_write_naming_another_schema_reaches_engines_on_that_schema(
@@ -536,10 +531,9 @@ def test_write_naming_another_schema_reaches_engines_on_that_schema(
     """Version keys name the server and the schema-qualified table: a write to ``other.t``
     through an engine whose default schema is another one invalidates the reads of ``t`` by an
     engine connected to ``other``."""
-    from sqlalchemy import create_engine
 
     other_schema = demo_mysql_url.database
-    other = create_engine(demo_mysql_url)
+    other = engine_like(mariadb, demo_mysql_url)
     try:
         with other.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))")
@@ -558,7 +552,7 @@ def test_write_naming_another_schema_reaches_engines_on_that_schema(
             assert session.execute(statement).scalar() == "new"
     finally:
         query_cache.uninstall(other)
-        other.dispose()
+        dispose(other)
 
 
 def test_database_id_joins_engines_that_name_one_server_differently(
@@ -567,12 +561,11 @@ def test_database_id_joins_engines_that_name_one_server_differently(
     """127.0.0.1 and 127.1 reach one MariaDB but make two default server identities: without
     ``database_id`` a write through one would not reach the readers of the other. Given the same
     ``database_id``, both engines share one set of version keys."""
-    from sqlalchemy import create_engine
 
     from sa_redis_cache.keys import server_identity
 
     mariadb = seeded_mariadb
-    alias = create_engine(mysql_url.set(host="127.1"))
+    alias = engine_like(mariadb, mysql_url.set(host="127.1"))
     assert server_identity(alias.url) != server_identity(mariadb.url)
     query_cache.install(mariadb, database_id="shop-primary")
     query_cache.install(alias, database_id="shop-primary")
@@ -588,4 +581,4 @@ def test_database_id_joins_engines_that_name_one_server_differently(
             assert names(session) == ["through the alias", "bob", "cid"]
     finally:
         query_cache.uninstall(alias)
-        alias.dispose()
+        dispose(alias)
