@@ -9,6 +9,10 @@ cache's hit rate is reported too, so that a run in which the cache served nothin
 Every process builds its own engine and cache, as separate app servers would. Times come from
 CLOCK_MONOTONIC, which all processes on one machine share.
 
+With ``tasks`` set, every reader and writer process is an asyncio application instead: that many
+tasks per process, each with its own ``AsyncSession``, on one ``AsyncEngine`` (asyncmy) and one
+cache on a ``redis.asyncio`` client per process.
+
 External writers commit through raw MySQLdb, without SQLAlchemy or the cache: only a binlog
 watcher can pass their writes on, so a read may miss one for at most ``lag_bound`` seconds after
 its commit returned (the watcher's lag, measured by ``python -m bench.binlog``).
@@ -19,6 +23,7 @@ its commit returned (the watcher's lag, measured by ``python -m bench.binlog``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import bisect
 import itertools
 import json
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ForeignKey, create_engine, make_url, select
+from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from sa_redis_cache import QueryCache
@@ -48,7 +54,7 @@ WATCHER_LAG_BOUND = 0.5
 states it; ``python -m bench.binlog`` measures the lag)."""
 
 
-class Base(DeclarativeBase):
+class Base(AsyncAttrs, DeclarativeBase):
     pass
 
 
@@ -85,6 +91,9 @@ class Settings:
     external_writers: int = 0
     lag_bound: float = 0.0
     """Seconds after an external commit returned within which a read may still miss it."""
+    tasks: int = 0
+    """Async mode: reader and writer processes run this many asyncio tasks each (0: sync)."""
+    async_driver: str = "asyncmy"
 
 
 @dataclass
@@ -248,6 +257,119 @@ def reader(settings: Settings, index: int, done: Any, progress: Any, shared: Any
         engine.dispose()
 
 
+# -- async mode: the same reads and writes through AsyncSession, many tasks per process -----------
+
+
+def async_process(settings: Settings, role: str, index: int, done: Any, progress: Any) -> None:
+    """One asyncio application: ``settings.tasks`` readers or writers sharing its engine and
+    cache. Writes one log file for the process, as a sync reader or writer does."""
+    asyncio.run(_async_process(settings, role, index, done, progress))
+
+
+async def _async_process(
+    settings: Settings, role: str, index: int, done: Any, progress: Any
+) -> None:
+    url = make_url(settings.database_url)
+    engine = create_async_engine(url.set(drivername=f"mysql+{settings.async_driver}"))
+    cache = QueryCache.from_url(settings.redis_url, asyncio=True, namespace=settings.namespace)
+    cache.install(engine)
+    sessions = async_sessionmaker(engine, execution_options={"redis_cache": True})
+    try:
+        if role == "writer":
+            logs = await asyncio.gather(
+                *(_async_writer(settings, index, t, done, progress, sessions)
+                  for t in range(settings.tasks))
+            )  # fmt: skip
+            log = [entry for task_log in logs for entry in task_log]
+            Path(settings.log_dir, f"writer-{index}.json").write_text(json.dumps(log))
+        else:
+            results = await asyncio.gather(
+                *(_async_reader(settings, index, t, progress, sessions)
+                  for t in range(settings.tasks))
+            )  # fmt: skip
+            log = [entry for task_log, _ in results for entry in task_log]
+            reads = sum(count for _, count in results)
+            Path(settings.log_dir, f"reader-{index}.json").write_text(
+                json.dumps({"log": log, "reads": reads, "stats": cache.stats()})
+            )
+            done.set()
+    finally:
+        await engine.dispose()
+        await cache.client.aclose()  # type: ignore[union-attr]
+
+
+async def _async_writer(
+    settings: Settings, index: int, task: int, done: Any, progress: Any, sessions: Any
+) -> list[tuple[str, int, int, int]]:
+    rng = random.Random(index * 100 + task)
+    writer_number, writers = index * settings.tasks + task, settings.writers * settings.tasks
+    log: list[tuple[str, int, int, int]] = []
+    while not done.is_set():
+        turn = (len(log) * writers + writer_number + 1) * settings.reads_per_write
+        while settings.reads_per_write and progress.value < turn and not done.is_set():
+            await asyncio.sleep(0.001)  # pacing: this writer's turn comes after so many reads
+        session: AsyncSession
+        async with sessions() as session:
+            if rng.random() < 0.5:
+                table, model, row_id = "child", Child, rng.choice(child_ids())
+            else:
+                table, model, row_id = "parent", Parent, rng.randint(1, PARENTS)
+            row = await session.get(model, row_id, with_for_update=True)
+            assert row is not None
+            row.n += 1
+            value = row.n
+            await session.commit()
+            log.append((table, row_id, value, time.monotonic_ns()))
+    return log
+
+
+async def _async_reader(
+    settings: Settings, index: int, task: int, progress: Any, sessions: Any
+) -> tuple[list[tuple[str, str, int, int, int]], int]:
+    rng = random.Random(1000 + index * 100 + task)
+    log: list[tuple[str, str, int, int, int]] = []
+    deadline = time.monotonic() + settings.seconds if settings.seconds else None
+    count = 0
+    while (settings.reads_per_reader is None or count < settings.reads_per_reader) and (
+        deadline is None or time.monotonic() < deadline
+    ):
+        count += 1
+        with progress.get_lock():
+            progress.value += 1
+        kind = count % 4
+        started = time.monotonic_ns()
+        session: AsyncSession
+        async with sessions() as session:
+            if kind == 0:  # 2.0 select
+                cid = rng.choice(child_ids())
+                n = await session.scalar(select(Child.n).where(Child.id == cid))
+                log.append(("select", "child", cid, int(n or 0), started))
+            elif kind == 1:  # legacy Query, through run_sync
+                pid = rng.randint(1, PARENTS)
+                n = await session.run_sync(
+                    lambda s, pid=pid: s.query(Parent).filter(Parent.id == pid).one().n
+                )
+                log.append(("query", "parent", pid, n, started))
+            elif kind == 2:  # a join of the two tables
+                cid = rng.choice(child_ids())
+                child_n, parent_n, pid = (
+                    await session.execute(
+                        select(Child.n, Parent.n, Parent.id)
+                        .join(Child.parent)
+                        .where(Child.id == cid)
+                    )
+                ).one()
+                log.append(("join", "child", cid, child_n, started))
+                log.append(("join", "parent", pid, parent_n, started))
+            else:  # a relationship load, awaited
+                pid = rng.randint(1, PARENTS)
+                loaded = await session.get(Parent, pid)
+                assert loaded is not None
+                for child in await loaded.awaitable_attrs.children:
+                    log.append(("relationship", "child", child.id, child.n, started))
+    return log, count
+
+
 def check(settings: Settings) -> Report:
     report = Report()
     commits: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
@@ -286,17 +408,24 @@ def run(settings: Settings) -> Report:
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Event()
     progress = ctx.Value("q", 0)  # reads so far, all readers together
-    processes = [
-        ctx.Process(target=writer, args=(settings, i, done, progress))
-        for i in range(settings.writers)
-    ]
+    if settings.tasks:
+        processes = [
+            ctx.Process(target=async_process, args=(settings, role, i, done, progress))
+            for role, count in (("writer", settings.writers), ("reader", settings.readers))
+            for i in range(count)
+        ]
+    else:
+        processes = [
+            ctx.Process(target=writer, args=(settings, i, done, progress))
+            for i in range(settings.writers)
+        ]
     processes += [
         ctx.Process(target=external_writer, args=(settings, i, done, progress))
         for i in range(settings.external_writers)
     ]
     processes += [
         ctx.Process(target=reader, args=(settings, i, done, progress))
-        for i in range(settings.readers)
+        for i in range(0 if settings.tasks else settings.readers)
     ]
     for process in processes:
         process.start()
@@ -359,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         "database with --namespace NS, and give --namespace NS here",
     )  # fmt: skip
     parser.add_argument("--namespace", default=f"consistency-{uuid.uuid4().hex[:8]}")
+    parser.add_argument(
+        "--async-tasks", type=int, default=0,
+        help="async mode: readers and writers are asyncio processes of this many tasks each",
+    )  # fmt: skip
     parser.add_argument("--lag-bound", type=float, default=WATCHER_LAG_BOUND,
                         help="seconds an external write may go unseen")  # fmt: skip
     args = parser.parse_args(argv)
@@ -373,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             lag_bound=args.lag_bound,
             reads_per_reader=None,
             seconds=args.minutes * 60,
+            tasks=args.async_tasks,
             log_dir=log_dir,
         )
         report = run(settings)

@@ -55,3 +55,28 @@ def test_no_stale_reads_with_threads_sharing_one_engine_and_cache(
     assert report.reads >= 8_000 and report.commits >= 20
     assert report.stale == []
     assert report.hits > 0
+
+
+def test_no_stale_reads_with_async_readers_and_writers(
+    mysql_url: URL, redis_url: str, tmp_path: Path
+) -> None:
+    """Asyncio applications: reader and writer processes of three AsyncSession tasks each, on
+    asyncmy and a redis.asyncio cache."""
+    settings = Settings(
+        database_url=mysql_url.render_as_string(hide_password=False),
+        redis_url=redis_url,
+        namespace=f"test-async-{uuid.uuid4().hex[:8]}",
+        readers=2,
+        writers=1,
+        tasks=3,
+        reads_per_reader=1500,
+        log_dir=str(tmp_path),
+    )
+    try:
+        report = run(settings)
+    finally:
+        QueryCache.from_url(redis_url, namespace=settings.namespace).clear()
+    print(report.summary())
+    assert report.reads >= 9000 and report.commits >= 50
+    assert report.stale == []
+    assert report.hit_rate >= 0.5, report.summary()
