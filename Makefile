@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-binlog serve test bench bench-binlog lint services peer
+.PHONY: demo demo-binlog serve serve-async test bench bench-binlog lint services peer
 
 $(VENV)/.demo-installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,11 @@ demo-binlog: $(VENV)/.binlog-installed
 ## serve: the API for a browser at http://127.0.0.1:8000/docs
 serve: $(VENV)/.demo-installed
 	$(PY) -m example_app.serve
+
+## serve-async: the same API on AsyncSession (aiosqlite and an asyncio Redis client)
+serve-async: $(VENV)/.demo-installed
+	DATABASE_URL=$${DATABASE_URL:-sqlite+aiosqlite:///$$(python3 -c 'import tempfile; print(tempfile.gettempdir())')/sa_redis_cache_demo_async.db} \
+		$(PY) -m example_app.serve
 
 ## services: the shared MariaDB (127.0.0.1:3306) and Redis (127.0.0.1:6379), started if down
 services:

@@ -29,7 +29,8 @@ def run_migrations_online() -> None:
         return
     engine = make_engine(context.get_x_argument(as_dictionary=True).get("url") or database_url())
     if os.environ.get("REDIS_URL"):
-        QueryCache.from_url(os.environ["REDIS_URL"], namespace="demo").install(engine)
+        namespace = os.environ.get("CACHE_NAMESPACE", "demo")
+        QueryCache.from_url(os.environ["REDIS_URL"], namespace=namespace).install(engine)
     with engine.begin() as conn:
         context.configure(connection=conn, target_metadata=target_metadata)
         with context.begin_transaction():

@@ -1,6 +1,8 @@
 """The API: the seed's paths and JSON field names, on ORM sessions that cache every read.
 
 There is no cache code here beyond switching it on: ``QueryCache.install`` and the session option.
+Each endpoint's database work is a function of a ``Session``, run on the sync or the asyncio stack
+as ``DATABASE_URL`` says (``work.py``).
 Each response says what the cache did for it (``X-Cache``) and how long it took (``Server-Timing``).
 Every answer, errors included, is JSON of a shape the OpenAPI document describes (``schemas.py``);
 a method a path does not have gets 405 with ``Allow`` naming the ones it has.
@@ -11,7 +13,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -19,7 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
@@ -41,8 +45,9 @@ from example_app.schemas import (
     Written,
     errors,
 )
-from example_app.settings import database_url, make_engine, redis_client
-from sa_redis_cache import CachingQuery, QueryCache, record
+from example_app.settings import database_url, make_app_engine, redis_client
+from example_app.work import Work, opener
+from sa_redis_cache import QueryCache, record
 
 SERVING = f"{socket.gethostname()}:{os.getpid()}"
 CORES = os.cpu_count() or 1
@@ -79,12 +84,12 @@ def _department_json(department: Department) -> dict[str, Any]:
     return {"department_id": department.id, "department_name": department.name}
 
 
-def _session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as db:
-        yield db
+async def _work(request: Request) -> AsyncIterator[Work]:
+    async with request.app.state.open_work() as work:
+        yield work
 
 
-Db = Annotated[Session, Depends(_session)]
+Db = Annotated[Work, Depends(_work)]
 
 
 def _get_or_404(db: Session, model: type[Any], key: int) -> Any:
@@ -119,19 +124,30 @@ def create_app(
 ) -> FastAPI:
     """The app; with no arguments, configured from DATABASE_URL, REDIS_URL, CACHE_NAMESPACE and
     CACHE_REQUIRE_WATCHER (``uvicorn --factory example_app.app:create_app``)."""
-    engine = make_engine(database_url_ or database_url())
+    engine = make_app_engine(database_url_ or database_url())
+    on_asyncio = isinstance(engine, AsyncEngine)
     namespace = namespace or os.environ.get("CACHE_NAMESPACE", "demo")
     cache = QueryCache(
-        redis_client(redis_url),
+        redis_client(redis_url, asyncio=on_asyncio),
         namespace=namespace,
         ttl=3600,
         require_watcher=os.environ.get("CACHE_REQUIRE_WATCHER", "") not in ("", "0"),
     )
     cache.install(engine)
-    sessions = sessionmaker(engine, query_cls=CachingQuery, execution_options={"redis_cache": True})
 
-    app = FastAPI(title="sa_redis_cache demo: the seed's REST API")
-    app.state.engine, app.state.cache, app.state.sessions = engine, cache, sessions
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # close the pooled connections (an asyncio one belongs to the loop that is ending); the
+        # engine and the client reconnect if the app is started again (as tests do)
+        if isinstance(engine, AsyncEngine):
+            await engine.dispose()
+            await cache.client.aclose()  # type: ignore[union-attr]
+        else:
+            engine.dispose()
+
+    app = FastAPI(title="sa_redis_cache demo: the seed's REST API", lifespan=lifespan)
+    app.state.engine, app.state.cache, app.state.open_work = engine, cache, opener(engine)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document, plus the headers the middleware below adds to every answer."""
@@ -179,11 +195,11 @@ def create_app(
             raise HTTPException(409, conflict) from None
 
     @app.get("/", operation_id="health", response_model=Health)
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return _body(status="ok")
 
     @app.get("/api/v1/cache/stats", operation_id="cacheStats", response_model=CacheStats)
-    def cache_stats() -> dict[str, Any]:
+    async def cache_stats() -> dict[str, Any]:
         return _body(**cache.stats())
 
     crud = "/api/v1/crud"
@@ -199,8 +215,11 @@ def create_app(
     }
 
     @app.get(f"{crud}/employees", operation_id="listEmployees", response_model=EmployeeList)
-    def list_employees(db: Db) -> dict[str, Any]:
-        return _body(employees=[_employee_json(r) for r in db.execute(_employees())])
+    async def list_employees(db: Db) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            return _body(employees=[_employee_json(r) for r in session.execute(_employees())])
+
+        return await db.run(work)
 
     @app.get(
         f"{crud}/employees/{{employee_id}}",
@@ -208,11 +227,14 @@ def create_app(
         response_model=OneEmployee,
         responses=errors(404, 422),
     )
-    def get_employee(employee_id: PathId, db: Db) -> dict[str, Any]:
-        row = db.execute(_employees().where(Employee.id == employee_id)).first()
-        if row is None:
-            raise HTTPException(404, f"no employee {employee_id}")
-        return _body(employee=_employee_json(row))
+    async def get_employee(employee_id: PathId, db: Db) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            row = session.execute(_employees().where(Employee.id == employee_id)).first()
+            if row is None:
+                raise HTTPException(404, f"no employee {employee_id}")
+            return _body(employee=_employee_json(row))
+
+        return await db.run(work)
 
     @app.post(
         f"{crud}/employees",
@@ -224,11 +246,14 @@ def create_app(
             201: {"links": _links(on_employee, employee_id="$response.body#/id")},
         },
     )
-    def create_employee(body: EmployeeIn, db: Db) -> dict[str, Any]:
-        employee = Employee(name=body.employee_name, department_id=body.department_id)
-        db.add(employee)
-        commit_or_conflict(db, f"no department {body.department_id}")
-        return _body(id=employee.id)
+    async def create_employee(body: EmployeeIn, db: Db) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            employee = Employee(name=body.employee_name, department_id=body.department_id)
+            session.add(employee)
+            commit_or_conflict(session, f"no department {body.department_id}")
+            return _body(id=employee.id)
+
+        return await db.run(work)
 
     @app.put(
         f"{crud}/employees/{{employee_id}}",
@@ -236,11 +261,14 @@ def create_app(
         response_model=Written,
         responses=errors(400, 404, 409, 422),
     )
-    def update_employee(employee_id: PathId, body: EmployeeIn, db: Db) -> dict[str, Any]:
-        employee = _get_or_404(db, Employee, employee_id)
-        employee.name, employee.department_id = body.employee_name, body.department_id
-        commit_or_conflict(db, f"no department {body.department_id}")
-        return _body(id=employee_id)
+    async def update_employee(employee_id: PathId, body: EmployeeIn, db: Db) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            employee = _get_or_404(session, Employee, employee_id)
+            employee.name, employee.department_id = body.employee_name, body.department_id
+            commit_or_conflict(session, f"no department {body.department_id}")
+            return _body(id=employee_id)
+
+        return await db.run(work)
 
     @app.delete(
         f"{crud}/employees/{{employee_id}}",
@@ -248,16 +276,22 @@ def create_app(
         response_model=Deleted,
         responses=errors(404, 422),
     )
-    def delete_employee(employee_id: PathId, db: Db) -> dict[str, Any]:
-        employee = _get_or_404(db, Employee, employee_id)
-        db.delete(employee)
-        db.commit()
-        return _body(id=str(employee_id))
+    async def delete_employee(employee_id: PathId, db: Db) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            employee = _get_or_404(session, Employee, employee_id)
+            session.delete(employee)
+            session.commit()
+            return _body(id=str(employee_id))
+
+        return await db.run(work)
 
     @app.get(f"{crud}/departments", operation_id="listDepartments", response_model=DepartmentList)
-    def list_departments(db: Db) -> dict[str, Any]:
-        departments = db.scalars(select(Department).order_by(Department.id))
-        return _body(departments=[_department_json(d) for d in departments])
+    async def list_departments(db: Db) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            departments = session.scalars(select(Department).order_by(Department.id))
+            return _body(departments=[_department_json(d) for d in departments])
+
+        return await db.run(work)
 
     @app.get(
         f"{crud}/departments/{{department_id}}",
@@ -265,9 +299,12 @@ def create_app(
         response_model=OneDepartment,
         responses=errors(404, 422),
     )
-    def get_department(department_id: PathId, db: Db) -> dict[str, Any]:
-        department = _get_or_404(db, Department, department_id)
-        return _body(department=_department_json(department))
+    async def get_department(department_id: PathId, db: Db) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            department = _get_or_404(session, Department, department_id)
+            return _body(department=_department_json(department))
+
+        return await db.run(work)
 
     @app.post(
         f"{crud}/departments",
@@ -291,11 +328,14 @@ def create_app(
             },
         },
     )
-    def create_department(body: DepartmentIn, db: Db) -> dict[str, Any]:
-        department = Department(name=body.department_name)
-        db.add(department)
-        db.commit()
-        return _body(id=department.id)
+    async def create_department(body: DepartmentIn, db: Db) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            department = Department(name=body.department_name)
+            session.add(department)
+            session.commit()
+            return _body(id=department.id)
+
+        return await db.run(work)
 
     @app.put(
         f"{crud}/departments/{{department_id}}",
@@ -303,11 +343,16 @@ def create_app(
         response_model=Written,
         responses=errors(400, 404, 422),
     )
-    def update_department(department_id: PathId, body: DepartmentIn, db: Db) -> dict[str, Any]:
-        department = _get_or_404(db, Department, department_id)
-        department.name = body.department_name
-        db.commit()
-        return _body(id=department_id)
+    async def update_department(
+        department_id: PathId, body: DepartmentIn, db: Db
+    ) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            department = _get_or_404(session, Department, department_id)
+            department.name = body.department_name
+            session.commit()
+            return _body(id=department_id)
+
+        return await db.run(work)
 
     @app.delete(
         f"{crud}/departments/{{department_id}}",
@@ -315,11 +360,14 @@ def create_app(
         response_model=Deleted,
         responses=errors(404, 409, 422),
     )
-    def delete_department(department_id: PathId, db: Db) -> dict[str, Any]:
-        department = _get_or_404(db, Department, department_id)
-        db.delete(department)
-        commit_or_conflict(db, f"department {department_id} still has employees")
-        return _body(id=str(department_id))
+    async def delete_department(department_id: PathId, db: Db) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            department = _get_or_404(session, Department, department_id)
+            session.delete(department)
+            commit_or_conflict(session, f"department {department_id} still has employees")
+            return _body(id=str(department_id))
+
+        return await db.run(work)
 
     @app.get(
         f"{crud}/getEmployeeByDepartment/{{name:text}}",
@@ -327,8 +375,11 @@ def create_app(
         response_model=EmployeeList,
         responses=errors(422),
     )
-    def employees_by_department(name: PathName, db: Db) -> dict[str, Any]:
-        rows = db.execute(_employees().where(Department.name == name))
-        return _body(employees=[_employee_json(r) for r in rows])
+    async def employees_by_department(name: PathName, db: Db) -> dict[str, Any]:
+        def work(session: Session) -> dict[str, Any]:
+            rows = session.execute(_employees().where(Department.name == name))
+            return _body(employees=[_employee_json(r) for r in rows])
+
+        return await db.run(work)
 
     return app

@@ -7,9 +7,12 @@ import logging
 import os
 
 import uvicorn
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from example_app.app import create_app
 from example_app.migrations import seed, upgrade
+from example_app.settings import database_url, make_engine, redis_client
+from sa_redis_cache import QueryCache
 
 
 def main() -> None:
@@ -19,8 +22,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = create_app()
-    upgrade(app.state.engine)
-    seed(app.state.engine)
+    migrations = app.state.engine
+    if isinstance(migrations, AsyncEngine):  # migrate through a sync twin with the same cache
+        migrations = make_engine(database_url())
+        QueryCache(redis_client(None), namespace=app.state.cache.namespace).install(migrations)
+    upgrade(migrations)
+    seed(migrations)
     print(f"serving on http://{args.host}:{args.port}/docs")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

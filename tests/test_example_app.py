@@ -14,24 +14,30 @@ from sqlalchemy.engine import URL
 
 from example_app.app import create_app
 from example_app.migrations import downgrade, seed, upgrade
+from example_app.settings import make_engine
 from sa_redis_cache import QueryCache
 from sa_redis_cache.stats import Counts
 
 CRUD = "/api/v1/crud"
 
 
-@pytest.fixture
-def client(demo_mysql_url: URL, redis_url: str, query_cache: QueryCache) -> Iterator[TestClient]:
-    url = demo_mysql_url.render_as_string(hide_password=False)
-    app = create_app(url, redis_url, namespace=query_cache.namespace)
-    engine = app.state.engine
-    upgrade(engine)
-    seed(engine)
-    with TestClient(app) as test_client:
+STACKS = ["mysqldb", "asyncmy"]
+"""The demo on Session (MySQLdb) and on AsyncSession (asyncmy): same API, same tests."""
+
+
+@pytest.fixture(params=STACKS)
+def client(
+    request: pytest.FixtureRequest, demo_mysql_url: URL, redis_url: str, query_cache: QueryCache
+) -> Iterator[TestClient]:
+    url = demo_mysql_url.set(drivername=f"mysql+{request.param}")
+    migrations = make_engine(url.render_as_string(hide_password=False))  # a sync engine
+    upgrade(migrations)
+    seed(migrations)
+    app = create_app(url.render_as_string(hide_password=False), redis_url, query_cache.namespace)
+    with TestClient(app) as test_client:  # its lifespan closes the app's engine and cache
         yield test_client
-    downgrade(engine)
-    app.state.cache.uninstall(engine)
-    engine.dispose()
+    downgrade(migrations)
+    migrations.dispose()
 
 
 @pytest.fixture

@@ -28,12 +28,15 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
+@pytest.fixture(params=["mysqldb", "asyncmy"])
 def two_instances(
-    demo_mysql_url: URL, redis_url: str, query_cache: QueryCache
+    request: pytest.FixtureRequest, demo_mysql_url: URL, redis_url: str, query_cache: QueryCache
 ) -> Iterator[tuple[str, str]]:
-    url = demo_mysql_url.render_as_string(hide_password=False)
-    engine = make_engine(url)
+    """Two uvicorn processes of the demo, on Session (MySQLdb) or on AsyncSession (asyncmy)."""
+    url = demo_mysql_url.set(drivername=f"mysql+{request.param}").render_as_string(
+        hide_password=False
+    )
+    engine = make_engine(url)  # sync, for the migrations
     upgrade(engine)
     seed(engine)
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url,
