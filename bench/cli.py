@@ -4,6 +4,7 @@ side by side, measure the cache's footprint and scaling, and report against the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import statistics
@@ -73,8 +74,7 @@ def request(mode: modes.Mode, query: Query) -> float:
     """One whole request (a fresh Session), timed; the mode's untimed preparation first."""
     mode.before_each()
     started = time.perf_counter_ns()
-    with mode.sessions() as session:
-        query(session)
+    mode.run(query)
     return (time.perf_counter_ns() - started) / 1e6
 
 
@@ -118,8 +118,7 @@ def footprint(
             mode.before_each()
             before = server_commands(cache_client)
             counted = len(sent.commands)
-            with mode.sessions() as session:
-                query(session)
+            mode.run(query)
             trips += len(sent.commands) - counted
             commands += server_commands(cache_client) - before
         setattr(result, f"round_trips_per_{label}", trips / iterations)
@@ -160,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
         sent = RedisCommandLog()
         cold, hot, cache = modes.with_cache(args.database_url, redis_url, sent)
+        loop = asyncio.new_event_loop()
+        async_modes, async_cache = modes.async_modes(args.database_url, redis_url, loop)
         all_modes = [
             modes.no_cache(args.database_url),
             cold,
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             modes.dogpile_peer(args.database_url, redis_url),
             modes.hot_lookup_in_memory(args.database_url, redis_url),
             modes.memory_only(args.database_url),
+            *async_modes,
         ]
         client = cache.client
         assert isinstance(client, redis.Redis)
@@ -193,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             for mode in all_modes:
                 mode.close()
             cache.clear()
+            async_cache.uninstall(async_cache.engines[0])
+            loop.run_until_complete(async_cache.aclear())
+            loop.run_until_complete(async_cache.client.aclose())  # type: ignore[union-attr]
+            loop.close()
 
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     text = report.render(results, scale, parts, calls, args, machine)

@@ -11,10 +11,14 @@
   (SQLAlchemy and the ORM; the cache's own Python; its Redis round trip).
 - ``dogpile``: the pattern of SQLAlchemy's ``examples/dogpile_caching`` as a peer: a pickled
   ``FrozenResult`` per ORM statement, merged into the session on a hit (no invalidation).
+- ``async ...``: no cache, cold, hot and floor again on an ``AsyncEngine`` (asyncmy), each request
+  an ``AsyncSession`` running the same query through ``run_sync``, the cache on a
+  ``redis.asyncio`` client and the floor's GET awaited the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import pickle
 from collections.abc import Callable
@@ -23,7 +27,9 @@ from typing import Any
 
 import msgpack
 import redis
-from sqlalchemy import Engine, create_engine, event
+import redis.asyncio
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from sqlalchemy.orm.loading import merge_frozen_result
 
@@ -31,17 +37,31 @@ from sa_redis_cache import QueryCache
 from sa_redis_cache.api import DEFAULT_SOCKET_TIMEOUT
 from sa_redis_cache.cursor import BufferedCursor
 from sa_redis_cache.round_trips import RedisCommandLog
+from sa_redis_cache.store.aio import AsyncStore
+from sa_redis_cache.store.base import Store
 from sa_redis_cache.store.sync import SyncStore
 
 NAMESPACE = "bench"
+Query = Callable[[Session], Any]
 
 
 @dataclass
 class Mode:
     name: str
-    sessions: sessionmaker[Session]
+    sessions: sessionmaker[Session] | None
     before_each: Callable[[], None] = lambda: None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    run_async: Callable[[Query], None] | None = None
+    """For an async mode: runs one whole request (an AsyncSession) on the bench's event loop."""
+
+    def run(self, query: Query) -> None:
+        """One whole request: a fresh session, the query, the session closed."""
+        if self.run_async is not None:
+            self.run_async(query)
+            return
+        assert self.sessions is not None
+        with self.sessions() as session:
+            query(session)
 
     def close(self) -> None:
         for close in self.closers:
@@ -103,11 +123,15 @@ def hot_lookup_in_memory(url: str, redis_url: str) -> Mode:
 
 class _MemoryRows:
     """Serves each statement's rows from memory after one real execution, with one Redis GET
-    (none without a client)."""
+    (none without a client) sent through ``sender`` (the cache's own sync or asyncio store)."""
 
-    def __init__(self, engine: Engine, client: redis.Redis | None) -> None:
+    def __init__(
+        self, engine: Engine, client: redis.Redis | None, sender: Store | None = None
+    ) -> None:
         self._client = client
-        self._sender = None if client is None else SyncStore(client, retry_after=5)
+        if sender is None and client is not None:
+            sender = SyncStore(client, retry_after=5)
+        self._sender = sender
         self._rows: dict[tuple[str, str], tuple[str, Any, Any]] = {}
         event.listen(engine, "do_execute", self._execute)
         event.listen(engine, "after_cursor_execute", self._capture)
@@ -182,3 +206,47 @@ def dogpile_peer(url: str, redis_url: str) -> Mode:
         return merge_frozen_result(state.session, statement, frozen, load=False)()
 
     return Mode("dogpile", sessions, closers=[engine.dispose])
+
+
+# -- the async stack ----------------------------------------------------------------------------
+
+
+def async_modes(
+    url: str, redis_url: str, loop: asyncio.AbstractEventLoop
+) -> tuple[list[Mode], QueryCache]:
+    """``async no cache``, ``async cold``, ``async hot`` and ``async floor``, on ``loop``."""
+    async_url = make_url(url).set(drivername="mysql+asyncmy")
+    quick: dict[str, Any] = {
+        "socket_timeout": DEFAULT_SOCKET_TIMEOUT,
+        "socket_connect_timeout": DEFAULT_SOCKET_TIMEOUT,
+        "retry": None,
+    }
+    namespace = f"{NAMESPACE}-async"
+    plain, cached, floor_engine = (create_async_engine(async_url) for _ in range(3))
+    cache = QueryCache(redis.asyncio.Redis.from_url(redis_url, **quick), namespace=namespace)
+    cache.install(cached)
+    inspector = redis.Redis.from_url(redis_url)
+    floor_client = redis.asyncio.Redis.from_url(redis_url, **quick)
+    _MemoryRows(floor_engine.sync_engine, inspector, AsyncStore(floor_client, retry_after=5))
+    caching = async_sessionmaker(cached, execution_options={"redis_cache": True})
+
+    def runner(sessions: async_sessionmaker[Any]) -> Callable[[Query], None]:
+        async def request(query: Query) -> None:
+            async with sessions() as session:
+                await session.run_sync(query)
+
+        return lambda query: loop.run_until_complete(request(query))
+
+    def disposer(engine: AsyncEngine) -> Callable[[], None]:
+        return lambda: loop.run_until_complete(engine.dispose())
+
+    all_modes = [
+        Mode("async no cache", None, closers=[disposer(plain)],
+             run_async=runner(async_sessionmaker(plain))),
+        Mode("async cold", None, before_each=lambda: drop_entries(inspector, namespace),
+             run_async=runner(caching)),
+        Mode("async hot", None, closers=[disposer(cached)], run_async=runner(caching)),
+        Mode("async floor", None, closers=[disposer(floor_engine)],
+             run_async=runner(async_sessionmaker(floor_engine))),
+    ]  # fmt: skip
+    return all_modes, cache

@@ -31,5 +31,6 @@ def test_benchmark_smoke_run_writes_its_report(
         assert f"| {heading} |" in text
     assert "| get by pk | 1 | 2 |" in text  # one round trip per hit, two per miss
     assert "## Targets" in text and "## Where the time goes" in text
+    assert "## Async" in text and "| get by pk | " in text.split("## Async")[1]
     assert "| database: ROLLBACK (DBAPI; every request sends two, cached or not) |" in text
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
