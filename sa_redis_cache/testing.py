@@ -2,7 +2,8 @@
 
 - ``--redis-url`` (or ``SA_REDIS_CACHE_REDIS_URL``): the Redis the fixtures use.
 - ``query_cache``: a :class:`QueryCache` on a namespace of its own, uninstalled from every engine
-  and cleared after the test.
+  and cleared after the test; ``async_query_cache`` the same on a ``redis.asyncio`` client, for an
+  application's ``AsyncEngine`` (cleared through a sync client, whatever event loop the test ran).
 - ``cache_recorder``: ``with cache_recorder(query_cache) as counts:`` counts what a cache did
   inside the block (hits, misses, bypasses, ...), in every thread, so a test can assert that an
   endpoint was served from the cache.
@@ -61,6 +62,17 @@ def query_cache(redis_url: str) -> Iterator[QueryCache]:
         for engine in cache.engines:
             cache.uninstall(engine)
         cache.clear()
+
+
+@pytest.fixture
+def async_query_cache(redis_url: str) -> Iterator[QueryCache]:
+    cache = QueryCache.from_url(redis_url, asyncio=True, namespace=f"test-{uuid.uuid4().hex[:12]}")
+    try:
+        yield cache
+    finally:
+        for engine in cache.engines:
+            cache.uninstall(engine)
+        QueryCache.from_url(redis_url, namespace=cache.namespace).clear()
 
 
 @pytest.fixture

@@ -509,3 +509,17 @@ def test_a_commit_cancelled_while_its_bump_waits_for_redis_still_bumps(
     finally:
         cache.uninstall(async_engine)
         aio_loop.run_until_complete(pool.disconnect())
+
+
+def test_the_pytest_plugin_has_an_async_cache_fixture(
+    async_engine: AsyncEngine,
+    async_query_cache: QueryCache,
+    aio_loop: asyncio.AbstractEventLoop,
+) -> None:
+    """What the README offers async applications' own tests: ``async_query_cache``."""
+    assert async_query_cache.is_async
+    async_query_cache.install(async_engine)
+    sessions = caching(async_engine)
+    run(aio_loop, names(sessions))
+    assert run(aio_loop, names(sessions)) == ["ann", "bob", "cid"]
+    assert async_query_cache.stats()["hits"] == 1
