@@ -17,7 +17,8 @@ from sqlalchemy.util import greenlet_spawn
 from .config import CacheConfig, normalize_table_name
 from .errors import CacheConfigurationError
 from .invalidation import Invalidator
-from .keys import server_identity
+from .keys import bumps_channel, near_ping_channel, server_identity
+from .near import NearCache, sync_client_like
 from .stats import Stats
 from .store import store_for
 from .tables import ALL_TABLES
@@ -54,6 +55,12 @@ class QueryCache:
         (``sa-redis-cache watch-binlog``) following the engine's database server is alive and
         caught up; otherwise every read goes to the database. For deployments where other
         clients write the database: a dead watcher then never means stale reads.
+    :param near_cache: keep up to this many entries decoded in process memory and serve them with
+        no Redis round trip (0, the default: no near cache). Weaker than the strict guarantee, by
+        a stated bound: a read from the near cache may miss a commit that returned less than
+        ``near_cache_lag`` seconds before it started. See near.py.
+    :param near_cache_bytes: the near cache's size bound in entry bytes.
+    :param near_cache_lag: the bound above, in seconds.
     """
 
     def __init__(
@@ -69,6 +76,9 @@ class QueryCache:
         stampede_wait: float = 0.5,
         cache_by_default: bool = False,
         require_watcher: bool = False,
+        near_cache: int = 0,
+        near_cache_bytes: int = 64 << 20,
+        near_cache_lag: float = 0.1,
     ) -> None:
         self.config = CacheConfig.build(
             namespace=namespace,
@@ -80,6 +90,9 @@ class QueryCache:
             stampede_wait=stampede_wait,
             cache_by_default=cache_by_default,
             require_watcher=require_watcher,
+            near_cache=near_cache,
+            near_cache_bytes=near_cache_bytes,
+            near_cache_lag=near_cache_lag,
         )
         self._store = store_for(client, self.config.retry_after)
         slow = _slow_failure_settings(client)
@@ -93,6 +106,16 @@ class QueryCache:
                 DEFAULT_SOCKET_TIMEOUT,
             )
         self.client = client
+        self._near: NearCache | None = None
+        if self.config.near_cache:
+            self._near = NearCache(
+                sync_client_like(client),
+                bumps_channel(self.config.namespace),
+                near_ping_channel(self.config.namespace),
+                max_entries=self.config.near_cache,
+                max_bytes=self.config.near_cache_bytes,
+                lag=self.config.near_cache_lag,
+            )
         self._stats = Stats()
         self._engines: dict[Engine, EngineWiring] = {}
         self._lock = threading.Lock()
@@ -146,7 +169,10 @@ class QueryCache:
                 self.config,
                 self._stats,
                 database_id or server_identity(target.url),
+                self._near,
             )
+            if self._near is not None and self.config.require_watcher:
+                self._near.heartbeats.append(wiring.keys.heartbeat)
             wiring.install()
             self._engines[target] = wiring
 
@@ -223,6 +249,12 @@ class QueryCache:
         """:meth:`clear` for a cache with a ``redis.asyncio`` client."""
         self._refuse_async("aclear", "clear")
         return await greenlet_spawn(self.clear)
+
+    def close(self) -> None:
+        """Stop this cache's background work (the near cache's listener). Optional: it is a
+        daemon thread; after it, nothing is served from the near cache."""
+        if self._near is not None:
+            self._near.close()
 
     def stats(self) -> dict[str, int]:
         """Counts since start-up: hits, misses, stores, bypasses, invalidations, errors."""

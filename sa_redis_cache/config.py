@@ -32,6 +32,11 @@ class CacheConfig:
     cache_by_default: bool = False
     """Cache the reads of sessions and statements that say nothing about ``redis_cache``."""
     require_watcher: bool = False
+    near_cache: int = 0
+    """Entries kept decoded in process memory, served with no round trip (0: no near cache)."""
+    near_cache_bytes: int = 64 << 20
+    near_cache_lag: float = 0.1
+    """Seconds: a near-cache read may miss a commit that returned less than this long before."""
     """Use the cache only while a binlog watcher's heartbeat for the engine's server is alive."""
 
     @classmethod
@@ -47,6 +52,9 @@ class CacheConfig:
         stampede_wait: float,
         cache_by_default: bool = False,
         require_watcher: bool = False,
+        near_cache: int = 0,
+        near_cache_bytes: int = 64 << 20,
+        near_cache_lag: float = 0.1,
     ) -> CacheConfig:
         if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
             raise CacheConfigurationError(
@@ -70,6 +78,9 @@ class CacheConfig:
             stampede_wait=_non_negative_number("stampede_wait", stampede_wait),
             cache_by_default=_flag("cache_by_default", cache_by_default),
             require_watcher=_flag("require_watcher", require_watcher),
+            near_cache=_non_negative_int("near_cache", near_cache),
+            near_cache_bytes=_positive_int("near_cache_bytes", near_cache_bytes),
+            near_cache_lag=_positive_number("near_cache_lag", near_cache_lag),
         )
 
 
@@ -97,6 +108,12 @@ def _positive_int(name: str, value: object) -> int:
 def _flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise CacheConfigurationError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
+def _non_negative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CacheConfigurationError(f"{name} must be an integer >= 0; got {value!r}")
     return value
 
 

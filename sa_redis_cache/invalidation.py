@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 from .config import CacheConfig
 from .keys import KeyBuilder
+from .near import NearCache
 from .stats import Stats
 from .store import RedisUnavailable, Store
 from .tables import ALL_TABLES
@@ -37,6 +38,8 @@ class Invalidator:
         self._lease_ms = int(config.write_lease * 1000)
         self._undelivered: set[str] = set()
         self._lock = threading.Lock()
+        self.near: NearCache | None = None
+        """This process's near cache, told of this process's own bumps directly."""
 
     def announce(self, tables: frozenset[str]) -> str | None:
         """Before the database commit: bump and mark. Returns the writer token, or None if Redis
@@ -95,16 +98,18 @@ class Invalidator:
         all_tables = ALL_TABLES in tables
         if all_tables:
             markers.append(self._keys.writing(ALL_TABLES))
+        version_keys = [self._keys.version(t) for t in named]
         try:
-            self._store.bump(
+            counter = self._store.bump(
                 self._keys.clock,
-                [self._keys.version(t) for t in named],
+                version_keys,
                 markers,
                 mode=mode,
                 token=token,
                 lease_ms=self._lease_ms,
                 ttl_ms=self._ttl_ms,
                 all_tables=all_tables,
+                channel=self._keys.bumps,
             )
         except RedisUnavailable as exc:
             self.mark_undelivered(tables)
@@ -116,6 +121,8 @@ class Invalidator:
                 exc,
             )
             return False
+        if self.near is not None:  # this process sees its own writes at once
+            self.near.bumped_here(version_keys, counter, all_tables)
         with self._lock:
             # this bump happened after every write it covers was committed
             if mode != "announce":

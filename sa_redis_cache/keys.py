@@ -54,6 +54,16 @@ def default_schema(url: URL) -> str:
     return (url.database or "").lower()
 
 
+def bumps_channel(namespace: str) -> str:
+    """The pub/sub channel every bump of ``namespace`` is published on (near caches listen)."""
+    return "{" + namespace + "}:bumps"
+
+
+def near_ping_channel(namespace: str) -> str:
+    """A channel of this process's own, through which its near cache pings itself."""
+    return "{" + namespace + "}:near:" + os.urandom(8).hex()
+
+
 class KeyBuilder:
     """Key names for one namespace and one engine's view of a database server.
 
@@ -73,6 +83,8 @@ class KeyBuilder:
         )
         self.clock = prefix + "clock"
         """Hash with the namespace's epoch (``e``) and write counter (``n``)."""
+        self.bumps = bumps_channel(namespace)
+        """The pub/sub channel every bump of the namespace is published on (near caches)."""
         self.heartbeat = f"{prefix}hb:{self._server}"
         """Refreshed by the binlog watcher following this server while it is caught up; with
         ``require_watcher`` readers use the cache only while it exists."""

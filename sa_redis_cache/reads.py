@@ -25,6 +25,7 @@ from .cursor import BufferedCursor
 from .errors import CorruptEntryError
 from .invalidation import Invalidator
 from .keys import KeyBuilder
+from .near import NearCache, NearEntry
 from .serialization import decode_payload, encode_entry, encode_parameters, entry_header
 from .stats import Stats
 from .store import CircuitOpen, EntryKeys, LookupReply, RedisUnavailable, Store
@@ -60,6 +61,8 @@ class PendingStore:
 
     lookup: _Lookup
     reply: LookupReply
+    version_keys: tuple[str, ...]
+    near_generation: int
 
 
 class ReadPath:
@@ -70,8 +73,10 @@ class ReadPath:
         invalidator: Invalidator,
         config: CacheConfig,
         stats: Stats,
+        near: NearCache | None = None,
     ) -> None:
         self._store = store
+        self._near = near
         self._keys = keys
         self._invalidator = invalidator
         self._config = config
@@ -108,6 +113,14 @@ class ReadPath:
             return None
 
         table_keys = self._keys_for(plan.tables)
+        near, generation = self._near, 0
+        if near is not None:
+            found = near.get(entry_key)
+            if found is not None and _fits_snapshot(found.versions, state):
+                self._stats.count("hits")
+                self._stats.count("near_hits")
+                return BufferedCursor(found.description, found.rows)
+            generation = near.generation
         lookup = _Lookup(
             EntryKeys(
                 self._keys.clock,
@@ -151,10 +164,20 @@ class ReadPath:
                 log.warning("discarding a corrupt cache entry %s: %s", entry_key, exc)
             else:
                 self._stats.count("hits")
+                if near is not None:
+                    near.put(
+                        entry_key,
+                        NearEntry(
+                            entry.description, entry.rows, reply.epoch, reply.versions,
+                            table_keys.versions, len(reply.payload),
+                        ),
+                        generation,
+                    )  # fmt: skip
                 return BufferedCursor(entry.description, entry.rows)
 
         self._stats.count("misses")
-        setattr(context, PENDING_STORE_ATTR, PendingStore(lookup, reply))
+        pending = PendingStore(lookup, reply, table_keys.versions, generation)
+        setattr(context, PENDING_STORE_ATTR, pending)
         return None
 
     def capture_snapshot(self, state: TransactionState) -> None:
@@ -202,6 +225,12 @@ class ReadPath:
                 ttl_ms=lookup.ttl_ms,
             ):
                 self._stats.count("stores")
+                if self._near is not None:
+                    rows_held = NearEntry(
+                        description, tuple(rows), reply.epoch, reply.versions,
+                        pending.version_keys, len(entry),
+                    )  # fmt: skip
+                    self._near.put(lookup.keys.entry, rows_held, pending.near_generation)
         except RedisUnavailable as exc:
             self._stats.count("errors")
             log.debug("cache store failed: %s", exc)
@@ -273,6 +302,12 @@ class ReadPath:
             if len(self._table_keys) < 65536:
                 self._table_keys[tables] = keys
         return keys
+
+
+def _fits_snapshot(versions: tuple[int, ...], state: TransactionState) -> bool:
+    """May a near-cache entry with these versions be served in this transaction?"""
+    snapshot = state.snapshot_clock
+    return snapshot is None or all(version <= snapshot for version in versions)
 
 
 def _usable(reply: LookupReply, state: TransactionState) -> bool:

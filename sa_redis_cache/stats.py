@@ -13,15 +13,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final, Literal
 
-Event = Literal["hits", "misses", "stores", "bypasses", "invalidations", "errors"]
+Event = Literal["hits", "near_hits", "misses", "stores", "bypasses", "invalidations", "errors"]
 EVENTS: Final[tuple[Event, ...]] = (
     "hits",
+    "near_hits",
     "misses",
     "stores",
     "bypasses",
     "invalidations",
     "errors",
 )
+"""``near_hits`` counts the hits the near cache served (they are counted in ``hits`` too)."""
 
 
 class Counts(dict[str, int]):

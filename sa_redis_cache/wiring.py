@@ -34,6 +34,7 @@ from .config import CacheConfig
 from .failsafe import InternalErrors
 from .invalidation import Invalidator
 from .keys import KeyBuilder, default_schema
+from .near import NearCache
 from .reads import PENDING_STORE_ATTR, ReadPath, caching_enabled
 from .stats import Stats
 from .store import Store
@@ -72,6 +73,7 @@ class EngineWiring:
         config: CacheConfig,
         stats: Stats,
         database_id: str,
+        near: NearCache | None = None,
     ) -> None:
         dialect = engine.dialect
         self.engine = engine
@@ -84,7 +86,8 @@ class EngineWiring:
             f"{dialect.name}+{dialect.driver}",
         )
         self.invalidator = Invalidator(store, self.keys, config, stats)
-        self.reads = ReadPath(store, self.keys, self.invalidator, config, stats)
+        self.invalidator.near = near
+        self.reads = ReadPath(store, self.keys, self.invalidator, config, stats, near)
         self.cascades = CascadeMap(
             dialect.name,
             self.detector.table_name,

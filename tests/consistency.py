@@ -93,6 +93,10 @@ class Settings:
     """Seconds after an external commit returned within which a read may still miss it."""
     tasks: int = 0
     """Async mode: reader and writer processes run this many asyncio tasks each (0: sync)."""
+    near_cache: int = 0
+    """Readers keep a near cache of this many entries (0: strict reads only)."""
+    near_cache_lag: float = 0.1
+    """With a near cache: a read may miss a commit that returned less than this long before."""
     async_driver: str = "asyncmy"
 
 
@@ -106,6 +110,10 @@ class Report:
     misses: int = 0
     bypasses: int = 0
     errors: int = 0
+    near_hits: int = 0
+    late_ms: list[float] = field(default_factory=list)
+    """Near cache: for each read that missed a commit (allowed within the lag), how long after
+    the first commit it missed had returned the read started."""
 
     @property
     def hit_rate(self) -> float:
@@ -118,7 +126,22 @@ class Report:
             f"{len(self.stale)} stale, "
             f"hit rate {self.hit_rate:.1%} (hits {self.hits}, misses {self.misses}, "
             f"bypasses {self.bypasses}, errors {self.errors})"
+            + (
+                f"; near cache: {self.near_hits} near hits, {len(self.late_ms)} reads missed a "
+                f"commit by max {max(self.late_ms, default=0):.1f} ms, "
+                f"p99.9 {_percentile(self.late_ms, 0.999):.1f} ms, "
+                f"p99 {_percentile(self.late_ms, 0.99):.1f} ms"
+                if self.near_hits
+                else ""
+            )
         )
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def prepare(settings: Settings) -> None:
@@ -146,7 +169,12 @@ def child_ids() -> list[int]:
 
 def _cached(settings: Settings) -> tuple[Any, QueryCache]:
     engine = create_engine(settings.database_url)
-    cache = QueryCache.from_url(settings.redis_url, namespace=settings.namespace)
+    cache = QueryCache.from_url(
+        settings.redis_url,
+        namespace=settings.namespace,
+        near_cache=settings.near_cache,
+        near_cache_lag=settings.near_cache_lag,
+    )
     cache.install(engine)
     return engine, cache
 
@@ -391,14 +419,21 @@ def check(settings: Settings) -> Report:
     for path in Path(settings.log_dir).glob("reader-*.json"):
         data = json.loads(path.read_text())
         report.reads += data["reads"]
-        for name in ("hits", "misses", "bypasses", "errors"):
-            setattr(report, name, getattr(report, name) + data["stats"][name])
+        for name in ("hits", "misses", "bypasses", "errors", "near_hits"):
+            setattr(report, name, getattr(report, name) + data["stats"].get(name, 0))
+        near_lag_ns = int(settings.near_cache_lag * 1e9) if settings.near_cache else 0
         for kind, table, row_id, seen, started in data["log"]:
-            returned = bisect.bisect_left(returned_at.get((table, row_id), []), started)
-            if returned and seen < (expected := highest[(table, row_id)][returned - 1]):
+            row = (table, row_id)
+            returned = bisect.bisect_left(returned_at.get(row, []), started)
+            if returned and seen < (expected := highest[row][returned - 1]):
+                # how long before the read started the first commit it missed had returned
+                late = started - returned_at[row][bisect.bisect_right(highest[row], seen)]
+                if late < near_lag_ns:
+                    report.late_ms.append(late / 1e6)  # within the near cache's stated bound
+                    continue
                 report.stale.append(
                     {"kind": kind, "table": table, "id": row_id, "seen": seen,
-                     "expected_at_least": expected}
+                     "expected_at_least": expected, "late_ms": late / 1e6}
                 )  # fmt: skip
     return report
 

@@ -80,3 +80,29 @@ def test_no_stale_reads_with_async_readers_and_writers(
     assert report.reads >= 9000 and report.commits >= 50
     assert report.stale == []
     assert report.hit_rate >= 0.5, report.summary()
+
+
+def test_near_cache_reads_miss_no_commit_older_than_the_lag(
+    mysql_url: URL, redis_url: str, tmp_path: Path
+) -> None:
+    """Readers with a near cache: a read may miss a commit that returned less than the lag
+    before it started, never an older one; the report says by how much reads were late."""
+    settings = Settings(
+        database_url=mysql_url.render_as_string(hide_password=False),
+        redis_url=redis_url,
+        namespace=f"test-near-{uuid.uuid4().hex[:8]}",
+        readers=4,
+        writers=2,
+        reads_per_reader=3000,
+        near_cache=10_000,
+        near_cache_lag=0.1,
+        log_dir=str(tmp_path),
+    )
+    try:
+        report = run(settings)
+    finally:
+        QueryCache.from_url(redis_url, namespace=settings.namespace).clear()
+    print(report.summary())
+    assert report.reads >= 12_000 and report.commits >= 50
+    assert report.stale == []
+    assert report.near_hits > report.reads // 4, report.summary()  # the near cache served

@@ -36,9 +36,10 @@ def recorded(engine: Engine, redis_url: str) -> Iterator[tuple[QueryCache, Any]]
     cache.install(engine)
     cached = caching_sessionmaker(engine)
 
-    def load_the_scripts() -> None:
+    def load_the_scripts() -> None:  # lookup and store, and the bump
         with cached() as session:
             session.scalars(select(Department)).all()
+        cache.invalidate("badge")
 
     in_flavor(engine, load_the_scripts)
     SENT.clear()

@@ -122,10 +122,11 @@ class Store:
         lease_ms: int,
         ttl_ms: int,
         all_tables: bool,
+        channel: str,
     ) -> int:
         keys = [clock, *versions, *writing]
         args = [new_epoch(), ttl_ms, len(versions), mode, token, lease_ms]
-        args.append(new_epoch() if all_tables else "")
+        args += [new_epoch() if all_tables else "", channel]
         # a cancelled commit must still bump: a lost second bump would leave the REPEATABLE READ
         # window open for transactions that outlive the writer's lease
         return int(self._guarded(self.to_the_end, lambda: self._evalsha(BUMP, keys, args)))

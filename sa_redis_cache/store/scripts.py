@@ -152,8 +152,10 @@ RELEASE: Final = LuaScript.of(_RELEASE_LOCK + "release_lock(ARGV[1])\nreturn 1\n
 
 # KEYS: clock, n version keys, m writing markers
 # ARGV: epoch for a new clock, ttl (ms), n, mode ('announce' | 'finish' | 'publish'),
-#       writer token, lease (ms), new epoch ('' unless every table is invalidated)
+#       writer token, lease (ms), new epoch ('' unless every table is invalidated), channel
 # -> the counter value given to the tables
+# Every bump is also published on the channel (for near caches, near.py), in the same script, so
+# before the writer's reply exists: "<epoch>\n<counter>\n<1 if every table>\n<version key>...".
 BUMP: Final = LuaScript.of(
     _ENSURE_CLOCK
     + """
@@ -179,6 +181,9 @@ if mode ~= 'publish' then
     end
   end
 end
+local message = {redis.call('HGET', KEYS[1], 'e'), c, ARGV[7] ~= '' and '1' or '0'}
+for i = 1, n do message[3 + i] = KEYS[1 + i] end
+redis.call('PUBLISH', ARGV[8], table.concat(message, '\\n'))
 return c
 """
 )
