@@ -23,7 +23,7 @@ from tqdm import tqdm
 from bench import budget, modes, report, scaling
 from bench.schema import Department, Employee, ensure_database, load
 from bench.servers import ThrowawayRedis
-from sa_redis_cache.round_trips import RedisCommandLog
+from sa_redis_cache.round_trips import RedisCommandLog, round_trips
 
 Query = Callable[[Session], Any]
 
@@ -119,7 +119,7 @@ def footprint(
             before = server_commands(cache_client)
             counted = len(sent.commands)
             mode.run(query)
-            trips += len(sent.commands) - counted
+            trips += round_trips(sent.commands[counted:])
             commands += server_commands(cache_client) - before
         setattr(result, f"round_trips_per_{label}", trips / iterations)
         setattr(result, f"commands_per_{label}", commands / iterations)

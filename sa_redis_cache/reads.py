@@ -216,13 +216,16 @@ class ReadPath:
                 self._stats.count("bypasses")
                 if reply.locked:  # let the processes waiting for it go to the database now
                     self._store.release(lookup.keys, lookup.token)
-            elif self._store.store(
-                lookup.keys,
-                epoch=reply.epoch,
-                versions=reply.versions,
-                entry=entry,
-                token=lookup.token,
-                ttl_ms=lookup.ttl_ms,
+            elif (
+                self._store.store(
+                    lookup.keys,
+                    epoch=reply.epoch,
+                    versions=reply.versions,
+                    entry=entry,
+                    token=lookup.token,
+                    ttl_ms=lookup.ttl_ms,
+                )
+                is not False  # stored, or sent with its reply skipped
             ):
                 self._stats.count("stores")
                 if self._near is not None:

@@ -3,7 +3,8 @@
 The cache sends its scripts straight down a pooled connection (see store/sync.py), so wrapping
 ``Redis.execute_command`` would miss them. The log sits one level lower: every packed command a
 connection sends is one round trip (a pipeline's batch counts once, under its first command), and
-so is a connection attempt that fails (logged as ``(connect)``).
+so is a connection attempt that fails (logged as ``(connect)``); a write after ``CLIENT REPLY SKIP``
+is logged with :data:`NO_REPLY` in front, as it waits for nothing.
 """
 
 from __future__ import annotations
@@ -62,10 +63,23 @@ class RedisCommandLog:
         self.commands.clear()
 
 
+NO_REPLY = "(no reply) "
+"""Prefix of a logged write whose reply the server was told to skip: not a round trip."""
+_SKIP = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n"
+
+
+def round_trips(commands: Iterable[str]) -> int:
+    """How many of the logged commands waited for a reply."""
+    return sum(not command.startswith(NO_REPLY) for command in commands)
+
+
 def _command_name(packed: bytes | str | Iterable[bytes]) -> str:
-    """``EVALSHA`` from ``*5\\r\\n$7\\r\\nEVALSHA\\r\\n...`` (RESP, possibly in chunks)."""
-    first = packed if isinstance(packed, bytes | str) else next(iter(packed), b"")
-    if isinstance(first, str):
-        first = first.encode()
-    parts = bytes(first).split(b"\r\n", 3)
-    return parts[2].decode(errors="replace").upper() if len(parts) > 2 else "?"
+    """``EVALSHA`` from ``*5\\r\\n$7\\r\\nEVALSHA\\r\\n...`` (RESP, possibly in chunks);
+    ``(no reply) EVAL`` for a command sent after ``CLIENT REPLY SKIP``."""
+    chunks = [packed] if isinstance(packed, bytes | str) else list(packed)
+    data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks[:2])
+    prefix = ""
+    if data.startswith(_SKIP):
+        prefix, data = NO_REPLY, data[len(_SKIP) :]
+    parts = data.split(b"\r\n", 3)
+    return prefix + parts[2].decode(errors="replace").upper() if len(parts) > 2 else "?"

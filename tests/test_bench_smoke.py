@@ -29,7 +29,7 @@ def test_benchmark_smoke_run_writes_its_report(
     text = (tmp_path / "benchmarks.md").read_text()
     for heading in ("get by pk", "page of 50", "join by department name", "count", "selectinload"):
         assert f"| {heading} |" in text
-    assert "| get by pk | 1 | 2 |" in text  # one round trip per hit, two per miss
+    assert "| get by pk | 1 | 1 |" in text  # one round trip per hit, one per miss
     assert "## Targets" in text and "## Where the time goes" in text
     assert "## Async" in text and "| get by pk | " in text.split("## Async")[1]
     assert "| database: ROLLBACK (DBAPI; every request sends two, cached or not) |" in text

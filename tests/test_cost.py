@@ -1,6 +1,7 @@
-"""Cost and footprint: one Redis round trip per hit, two per miss, two per committing transaction
-that wrote (announce before the commit, bump after it); no KEYS or SCAN on any of them; a TTL on
-every key; nothing in Redis grows with the number of entries per table."""
+"""Cost and footprint: one Redis round trip per hit, one per miss (its store is written with its
+reply skipped), two per committing transaction that wrote (announce before the commit, bump after
+it); no KEYS or SCAN on any of them; a TTL on every key; nothing in Redis grows with the number of
+entries per table."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy import Engine, select
 
 from sa_redis_cache import QueryCache
 from sa_redis_cache.keys import KeyBuilder, server_identity
-from sa_redis_cache.round_trips import RedisCommandLog
+from sa_redis_cache.round_trips import NO_REPLY, RedisCommandLog, round_trips
 from tests.conftest import (
     DatabaseReads,
     caching_sessionmaker,
@@ -52,7 +53,9 @@ def test_round_trips_per_hit_miss_and_commit(recorded: tuple[QueryCache, Any]) -
     _, cached = recorded
     with cached() as session:
         session.scalars(select(Employee).where(Employee.id == 1)).one()
-    assert SENT.commands == ["EVALSHA", "EVALSHA"]  # miss: lookup + store
+    # a miss: the lookup, and the store written with its reply skipped (one round trip)
+    assert SENT.commands == ["EVALSHA", f"{NO_REPLY}EVAL"]
+    assert round_trips(SENT.commands) == 1
 
     SENT.clear()
     with cached() as session:
@@ -65,9 +68,11 @@ def test_round_trips_per_hit_miss_and_commit(recorded: tuple[QueryCache, Any]) -
         session.get(Employee, 2).name = "b"  # type: ignore[union-attr]
         project.title = "p"  # type: ignore[union-attr]
         session.commit()
-    # the two gets (misses), then one announce + one bump for all the tables together
-    assert SENT.commands.count("EVALSHA") == 2 * 2 + 2
-    assert set(SENT.commands) == {"EVALSHA"}
+    # the two gets (misses: lookup + unanswered store), then one announce + one bump for all
+    # the tables together
+    assert SENT.commands.count("EVALSHA") == 2 + 2
+    assert SENT.commands.count(f"{NO_REPLY}EVAL") == 2
+    assert round_trips(SENT.commands) == 2 + 2
 
 
 def test_every_key_has_a_ttl_and_none_grows_per_entry(
@@ -98,7 +103,7 @@ def test_no_key_outside_the_namespace(recorded: tuple[QueryCache, Any]) -> None:
         session.get(Employee, 1).name = "y"  # type: ignore[union-attr]
         session.commit()
     cache.invalidate()
-    touched = [c for c in SENT.commands if c not in {"EVALSHA", "HGET"}]
+    touched = [c for c in SENT.commands if c not in {"EVALSHA", "HGET", f"{NO_REPLY}EVAL"}]
     assert touched == []
 
 

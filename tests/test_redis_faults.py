@@ -244,7 +244,8 @@ def test_lost_script_cache_is_reloaded_without_an_error(
         assert names(cached)[0] == "after"
         stats = cache.stats()
         assert stats["errors"] == 0 and stats["hits"] == 2, stats
-        assert SENT.commands.count("SCRIPT") == 3  # lookup, bump, store: each loaded once more
+        # lookup and bump loaded once more (the store is sent with EVAL: it needs no loading)
+        assert SENT.commands.count("SCRIPT") == 2
     finally:
         cache.uninstall(engine)
 
@@ -265,3 +266,32 @@ def test_a_client_that_decodes_responses_serves_hits(engine: Engine, redis_url: 
     finally:
         cache.uninstall(engine)
         cache.clear()
+
+
+def test_a_server_that_refuses_client_reply_gets_answered_stores(
+    engine: Engine, redis_server: RedisServer
+) -> None:
+    """A miss writes its store after ``CLIENT REPLY SKIP`` and reads no reply; where an ACL
+    forbids that command, its error reply would be left on the connection: the cache asks once
+    and then waits for every store's reply, and every later reply still matches its command."""
+    admin = redis.Redis(port=redis_server.port)
+    admin.acl_setuser(
+        "limited", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+        commands=["+@all", "-client"],
+    )  # fmt: skip
+    url = f"redis://limited:secret@127.0.0.1:{redis_server.port}/0"
+    cache = QueryCache.from_url(url, asyncio=is_async(engine), namespace=unique_namespace("acl"))
+    cache.install(engine)
+    try:
+        cached = caching_sessionmaker(engine)
+        for round_ in range(3):
+            assert names(cached) == ["ann", "bob", "cid"]  # a miss (stored), then hits
+            assert names(cached) == ["ann", "bob", "cid"]
+            rename(cached, f"round {round_}")
+            assert names(cached)[0] == f"round {round_}"
+            rename(cached, "ann")
+        stats = cache.stats()
+        assert stats["errors"] == 0 and stats["hits"] >= 3 and stats["stores"] >= 3, stats
+        assert cache._store._skip_replies is False
+    finally:
+        cache.uninstall(engine)

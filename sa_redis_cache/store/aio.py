@@ -53,6 +53,16 @@ class AsyncStore(Store):
         finally:
             await self._pool.release(connection)
 
+    def send_unanswered(self, *commands: tuple[Any, ...]) -> None:
+        await_(self._send_unanswered(commands))
+
+    async def _send_unanswered(self, commands: tuple[tuple[Any, ...], ...]) -> None:
+        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+        finally:
+            await self._pool.release(connection)
+
     def pause(self, seconds: float) -> None:
         await_(asyncio.sleep(seconds))
 

@@ -48,6 +48,9 @@ class Store:
 
     def __init__(self, retry_after: float) -> None:
         self.breaker = CircuitBreaker(retry_after)
+        self._skip_replies: bool | None = None
+        """May stores be sent with ``CLIENT REPLY SKIP``? Asked of the server once (an ACL may
+        forbid it: then a skipped reply would be an error reply left on the connection)."""
 
     # -- the I/O edge ---------------------------------------------------------------------------
 
@@ -63,6 +66,11 @@ class Store:
 
     def pause(self, seconds: float) -> None:
         """Wait (the stampede wait): a sleep, or an awaited one that lets the event loop run."""
+        raise NotImplementedError
+
+    def send_unanswered(self, *commands: tuple[Any, ...]) -> None:
+        """Write ``commands`` in one go and read nothing: for commands whose replies the server
+        was told to skip. Stores without that primitive wait for their replies."""
         raise NotImplementedError
 
     # -- the protocol ---------------------------------------------------------------------------
@@ -102,10 +110,31 @@ class Store:
         entry: bytes,
         token: str,
         ttl_ms: int,
-    ) -> bool:
-        """Store ``entry`` if nothing moved since the lookup; releases the lock either way."""
+    ) -> bool | None:
+        """Store ``entry`` if nothing moved since the lookup; releases the lock either way.
+
+        Where the server allows it, the store is written with ``CLIENT REPLY SKIP`` and its reply
+        never read: a miss then costs one round trip (the lookup), not two. The result is not
+        known then (None): the script refuses a store that would be stale, so nothing depends
+        on it, and a later command on the same connection is ordered after it.
+        """
         args = [epoch, ttl_ms, len(keys.versions), entry, token, *versions]
-        return bool(self._call(STORE, keys.all(), args))
+        if self._skip_replies is None:
+            self._skip_replies = self._guarded(self._can_skip_replies)
+        if not self._skip_replies:
+            return bool(self._call(STORE, keys.all(), args))
+        # EVAL, not EVALSHA: a NOSCRIPT error would go unread, and every store with it
+        command = ("EVAL", STORE.source, len(keys.all()), *keys.all(), *args)
+        self._guarded(self.send_unanswered, ("CLIENT", "REPLY", "SKIP"), command)
+        return None
+
+    def _can_skip_replies(self) -> bool:
+        if type(self).send_unanswered is Store.send_unanswered:  # this store has no such write
+            return False
+        try:
+            return self.command("CLIENT", "REPLY", "ON") in (b"OK", "OK")
+        except redis.ResponseError:  # refused (an ACL, a proxy): wait for every reply
+            return False
 
     def release(self, keys: EntryKeys, token: str) -> None:
         """Give the lock up without storing (the result turned out not to be storable)."""

@@ -32,5 +32,12 @@ class SyncStore(Store):
         finally:
             self._pool.release(connection)
 
+    def send_unanswered(self, *commands: tuple[Any, ...]) -> None:
+        connection = self._pool.get_connection()
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))  # type: ignore[no-untyped-call]
+        finally:
+            self._pool.release(connection)
+
     def pause(self, seconds: float) -> None:
         time.sleep(seconds)
