@@ -15,7 +15,6 @@ entry TTL bounds the staleness (see the README's fault table).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable
 
@@ -24,6 +23,7 @@ from .keys import KeyBuilder
 from .near import NearCache
 from .stats import Stats
 from .store import RedisUnavailable, Store
+from .store.base import unique_token
 from .tables import ALL_TABLES
 
 log = logging.getLogger("sa_redis_cache")
@@ -44,7 +44,7 @@ class Invalidator:
     def announce(self, tables: frozenset[str]) -> str | None:
         """Before the database commit: bump and mark. Returns the writer token, or None if Redis
         could not be told (the tables are then remembered as undelivered)."""
-        token = os.urandom(8).hex()
+        token = unique_token()  # unique: the writer's token in the marks
         if self._bump(tables, "announce", token):
             return token
         return None

@@ -78,9 +78,8 @@ class KeyBuilder:
         self._prefix = prefix
         self._server = hashlib.blake2b(server_id.encode(), digest_size=6).hexdigest()
         self._schema = schema
-        self._entry_salt = (
-            f"{FORMAT_VERSION}\0{namespace}\0{server_id}\0{schema}\0{driver}\0".encode()
-        )
+        salt = f"{FORMAT_VERSION}\0{namespace}\0{server_id}\0{schema}\0{driver}\0".encode()
+        self._salted = hashlib.blake2b(salt, digest_size=20)  # copied per entry, not re-fed
         self.clock = prefix + "clock"
         """Hash with the namespace's epoch (``e``) and write counter (``n``)."""
         self.bumps = bumps_channel(namespace)
@@ -89,18 +88,19 @@ class KeyBuilder:
         """Refreshed by the binlog watcher following this server while it is caught up; with
         ``require_watcher`` readers use the cache only while it exists."""
 
-    def entry(self, sql: str, parameters: bytes) -> tuple[str, bytes]:
-        """The entry key for a statement and its encoded parameters, and the digest inside it."""
-        digest = hashlib.blake2b(self._entry_salt, digest_size=20)
+    def entry(self, sql: str, parameters: bytes) -> tuple[str, str]:
+        """The entry key for a statement and its encoded parameters, and the digest inside it
+        (hex)."""
+        digest = self._salted.copy()
         digest.update(sql.encode())
         digest.update(b"\0")
         digest.update(parameters)
-        raw = digest.digest()
-        return f"{self._prefix}e:{raw.hex()}", raw
+        hexed = digest.hexdigest()
+        return self._prefix + "e:" + hexed, hexed
 
-    def lock(self, digest: bytes) -> str:
+    def lock(self, digest: str) -> str:
         """Held by the one process computing a missing entry while others wait for it."""
-        return f"{self._prefix}l:{digest.hex()}"
+        return self._prefix + "l:" + digest
 
     def version(self, table: str) -> str:
         """Holds the counter value of the table's last write."""

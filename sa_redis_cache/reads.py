@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -29,6 +28,7 @@ from .near import NearCache, NearEntry
 from .serialization import decode_payload, encode_entry, encode_parameters, entry_header
 from .stats import Stats
 from .store import CircuitOpen, EntryKeys, LookupReply, RedisUnavailable, Store
+from .store.base import unique_token
 from .tables import ALL_TABLES, StatementPlan
 from .write_tracking import TransactionState
 
@@ -131,13 +131,18 @@ class ReadPath:
                 self._heartbeat,
             ),
             entry_header(digest),
-            os.urandom(8).hex(),
+            unique_token(),  # the lock's token: unique, as an epoch is
             _ttl_seconds(context, self._config.ttl) * 1000,
         )
         reply = self._lookup(lookup, state)
         if reply is not None and state.snapshot_clock is None:
             state.snapshot_clock = reply.clock
-        if reply is not None and _someone_else_computes(reply, state) and self._lock_ms:
+        if (
+            reply is not None
+            and reply.payload is None
+            and self._lock_ms
+            and _someone_else_computes(reply, state)
+        ):
             reply = self._wait_for_other_process(lookup, state)
         if reply is None:
             return None
@@ -310,14 +315,15 @@ class ReadPath:
 def _fits_snapshot(versions: tuple[int, ...], state: TransactionState) -> bool:
     """May a near-cache entry with these versions be served in this transaction?"""
     snapshot = state.snapshot_clock
-    return snapshot is None or all(version <= snapshot for version in versions)
+    return snapshot is None or not versions or max(versions) <= snapshot
 
 
 def _usable(reply: LookupReply, state: TransactionState) -> bool:
     """May this transaction serve or store the entry? Not while a writer of one of its tables is
     committing, nor if a table changed after the transaction's snapshot."""
     snapshot = reply.clock if state.snapshot_clock is None else state.snapshot_clock
-    return not reply.writer_alive and all(version <= snapshot for version in reply.versions)
+    versions = reply.versions
+    return not reply.writer_alive and (not versions or max(versions) <= snapshot)
 
 
 def _someone_else_computes(reply: LookupReply, state: TransactionState) -> bool:

@@ -40,7 +40,7 @@ ROW_VALUES: list[Any] = [
 
 def test_every_driver_value_type_round_trips_exactly() -> None:
     description = tuple((f"c{i}", 3, None, None, None, None, True) for i in range(len(ROW_VALUES)))
-    header = entry_header(b"digest")
+    header = entry_header("d1gest")
     encoded = encode_entry(header, "epoch", [1, 2], description, [tuple(ROW_VALUES)])
     prefix = header + entry_signature("epoch", [1, 2])
     assert encoded.startswith(prefix)
@@ -54,7 +54,7 @@ def test_every_driver_value_type_round_trips_exactly() -> None:
 
 def test_values_without_a_faithful_encoding_are_refused() -> None:
     with pytest.raises(TypeError):
-        encode_entry(entry_header(b"d"), "e", [], (), [(object(),)])
+        encode_entry(entry_header("d"), "e", [], (), [(object(),)])
 
 
 class WritesAFile:

@@ -383,7 +383,8 @@ NOT_CACHED: dict[str, tuple[Read, int]] = {
         lambda s: s.execute(
             text(
                 "SELECT column_name FROM information_schema.columns "
-                "WHERE table_name = 'badge' ORDER BY ordinal_position"
+                "WHERE table_schema = DATABASE() AND table_name = 'badge' "
+                "ORDER BY ordinal_position"
             )
         ).all(),
         1,

@@ -14,6 +14,7 @@ script the server forgot, which is not a failure).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -35,8 +36,20 @@ class CircuitOpen(RedisUnavailable):
     """Redis was not even asked: it failed recently (no new error to count)."""
 
 
-def new_epoch() -> str:
-    return os.urandom(8).hex()
+def unique_token() -> str:
+    """A token no other call, thread or process ever gets: candidate epochs of a new clock,
+    writer and lock tokens. Random per process, counted within it (no syscall per token)."""
+    return _process_token + str(next(_tokens))
+
+
+def _new_process_token() -> None:
+    global _process_token, _tokens
+    _process_token, _tokens = os.urandom(8).hex() + ".", itertools.count()
+
+
+_process_token, _tokens = "", itertools.count()
+_new_process_token()
+os.register_at_fork(after_in_child=_new_process_token)  # a forked child counts on its own
 
 
 class Store:
@@ -86,7 +99,7 @@ class Store:
         lock_ms: int,
     ) -> LookupReply:
         args = [
-            new_epoch(), ttl_ms, len(keys.versions), "" if snapshot is None else snapshot,
+            unique_token(), ttl_ms, len(keys.versions), "" if snapshot is None else snapshot,
             header, token, lock_ms, "0" if keys.heartbeat is None else "1",
         ]  # fmt: skip
         all_keys = keys.all() if keys.heartbeat is None else [*keys.all(), keys.heartbeat]
@@ -154,8 +167,8 @@ class Store:
         channel: str,
     ) -> int:
         keys = [clock, *versions, *writing]
-        args = [new_epoch(), ttl_ms, len(versions), mode, token, lease_ms]
-        args += [new_epoch() if all_tables else "", channel]
+        args = [unique_token(), ttl_ms, len(versions), mode, token, lease_ms]
+        args += [unique_token() if all_tables else "", channel]
         # a cancelled commit must still bump: a lost second bump would leave the REPEATABLE READ
         # window open for transactions that outlive the writer's lease
         return int(self._guarded(self.to_the_end, lambda: self._evalsha(BUMP, keys, args)))
